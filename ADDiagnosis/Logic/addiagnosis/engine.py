@@ -1,0 +1,198 @@
+"""The one path: Volume -> preprocessing -> network -> probabilities -> LRP -> relevance on the input grid.
+
+Every front end (CLI, Slicer module, web app, self-test) calls :func:`diagnose` (or a
+:class:`Diagnoser` it keeps) and nothing else for these steps.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from . import RESEARCH_USE, __version__
+from .errors import AddiagnosisError, ModelError
+from .lrp import DEFAULT_METHOD, METHODS, FastLRP
+from .package import ModelPackage, find_package
+from .preprocess import prepare
+from .volume import Volume
+
+Progress = Callable[[str, float], None]
+
+
+@dataclass
+class DiagnosisResult:
+    model_name: str
+    model_version: str
+    class_names: list[str]
+    logits: list[float]
+    probabilities: dict[str, float]
+    predicted: str
+    target: str
+    method: str
+    relevance: Volume  # exactly the input's shape and IJK->RAS
+    summary: dict
+    preprocessing: dict
+    timings: dict = field(default_factory=dict)
+    device: str = "cpu"
+    research_use: str = RESEARCH_USE
+
+    def report(self, input_volume: Volume | None = None, extra: dict | None = None) -> dict:
+        rep = {
+            "research_use": self.research_use,
+            "model": {"name": self.model_name, "version": self.model_version, "class_names": self.class_names},
+            "probabilities": self.probabilities,
+            "logits": dict(zip(self.class_names, self.logits)),
+            "predicted_class": self.predicted,
+            "target_class": self.target,
+            "method": self.method,
+            "relevance_summary": self.summary,
+            "preprocessing": self.preprocessing,
+            "timings_s": {k: round(v, 4) for k, v in self.timings.items()},
+            "device": self.device,
+            "software": software_versions(),
+        }
+        if input_volume is not None:
+            rep["input"] = {
+                "name": input_volume.name,
+                "shape": list(input_volume.shape),
+                "spacing_mm": [round(s, 6) for s in input_volume.spacing],
+                "ijk_to_ras": input_volume.ijk_to_ras.tolist(),
+                **({k: v for k, v in input_volume.meta.items() if k in ("source", "sha256")}),
+            }
+        if extra:
+            rep.update(extra)
+        return rep
+
+
+def software_versions() -> dict:
+    import nibabel
+    import scipy
+
+    return {"addiagnosis": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "numpy": np.__version__, "nibabel": nibabel.__version__, "scipy": scipy.__version__}
+
+
+def resolve_device(device: str | None) -> torch.device:
+    device = (device or "cpu").lower()
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise AddiagnosisError("--device cuda asked for, but no CUDA GPU is available to PyTorch")
+        return torch.device(device)
+    if device != "cpu":
+        raise AddiagnosisError(f"unknown device {device!r} (cpu, cuda or auto)")
+    return torch.device("cpu")
+
+
+class Diagnoser:
+    """A loaded model package ready to diagnose many scans (weights read and folded once)."""
+
+    def __init__(self, package: ModelPackage | str | None = None, device: str | None = "cpu"):
+        self.package = package if isinstance(package, ModelPackage) else find_package(package)
+        self.device = resolve_device(device)
+        model = self.package.load_model("cpu")
+        self.model = model
+        self.engine = FastLRP(model, device=self.device)
+
+    def target_index(self, target: str | int | None, predicted: int) -> int:
+        if target is None or target == "":
+            return predicted
+        if isinstance(target, int):
+            if not 0 <= target < len(self.package.class_names):
+                raise ModelError(f"class index {target} outside 0..{len(self.package.class_names) - 1}")
+            return target
+        return self.package.class_index(target)
+
+    def run(self, volume: Volume, method: str = DEFAULT_METHOD, target: str | int | None = None,
+            progress: Progress | None = None) -> DiagnosisResult:
+        if method not in METHODS:
+            raise AddiagnosisError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+        names = self.package.class_names
+        if target not in (None, "") and not isinstance(target, int):
+            self.package.class_index(target)  # fail before any work on an unknown class name
+        note = progress or (lambda stage, frac: None)
+        timings = {}
+        t = time.perf_counter()
+        note("preprocessing", 0.1)
+        prepared = prepare(volume, self.package.card)
+        timings["preprocess"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        note("classifying", 0.3)
+        cache = self.engine.forward(prepared.tensor)
+        logits = cache.logits[0].double().cpu()
+        probs = torch.softmax(logits, 0).numpy()
+        predicted = int(np.argmax(probs))
+        timings["forward"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        tgt = self.target_index(target, predicted)
+        note(f"explaining {names[tgt]} ({method})", 0.5)
+        rel_grid = self.engine.relevance(cache, tgt, method).float().cpu().numpy()
+        del cache
+        timings["relevance"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        note("mapping relevance onto the input grid", 0.85)
+        rel_in = prepared.to_input(rel_grid).astype(np.float32, copy=False)
+        relevance = Volume(rel_in, volume.ijk_to_ras.copy(), f"{volume.name} relevance")
+        timings["map_back"] = time.perf_counter() - t
+        summary = relevance_summary(rel_in, rel_grid, prepared.input_mask, volume)
+        note("done", 1.0)
+        return DiagnosisResult(
+            model_name=self.package.name, model_version=self.package.version, class_names=names,
+            logits=[float(v) for v in logits], probabilities={n: float(p) for n, p in zip(names, probs)},
+            predicted=names[predicted], target=names[tgt], method=method, relevance=relevance,
+            summary=summary, preprocessing=prepared.info, timings=timings, device=str(self.device),
+        )
+
+
+_CACHE: dict[tuple, Diagnoser] = {}
+
+
+def get_diagnoser(package: ModelPackage | str | None = None, device: str | None = "cpu") -> Diagnoser:
+    """A cached :class:`Diagnoser` (re-used while the weights file is unchanged)."""
+    pkg = package if isinstance(package, ModelPackage) else find_package(package)
+    wpath = pkg.weights_path
+    key = (str(pkg.path.resolve()), str(resolve_device(device)),
+           wpath.stat().st_mtime_ns if wpath.exists() else 0)
+    if key not in _CACHE:
+        _CACHE.clear()
+        _CACHE[key] = Diagnoser(pkg, device)
+    return _CACHE[key]
+
+
+def diagnose(volume: Volume, package: ModelPackage | str | None = None, method: str = DEFAULT_METHOD,
+             target: str | int | None = None, device: str | None = "cpu",
+             progress: Progress | None = None) -> DiagnosisResult:
+    return get_diagnoser(package, device).run(volume, method, target, progress)
+
+
+def relevance_summary(rel: np.ndarray, rel_grid: np.ndarray, mask: np.ndarray | None, volume: Volume) -> dict:
+    pos = np.clip(rel, 0, None)
+    pos_sum = float(pos.sum(dtype=np.float64))
+    out = {
+        "sum_model_grid": float(rel_grid.sum(dtype=np.float64)),
+        "sum": float(rel.sum(dtype=np.float64)),
+        "positive_sum": pos_sum,
+        "negative_sum": float(rel.sum(dtype=np.float64)) - pos_sum,
+        "max": float(rel.max()),
+        "min": float(rel.min()),
+    }
+    if pos_sum > 0:
+        flat = pos.ravel()
+        k = max(1, flat.size // 100)
+        thr = float(np.partition(flat, flat.size - k)[flat.size - k])
+        out["top1pct_threshold"] = thr
+        top = np.argwhere(pos >= thr) if thr > 0 else np.argwhere(pos > 0)
+        centre = top.mean(axis=0)
+        out["top1pct_centroid_ras"] = [float(v) for v in (volume.ijk_to_ras @ np.append(centre, 1.0))[:3]]
+        if mask is not None and mask.shape == rel.shape:
+            out["positive_fraction_in_head"] = float(pos[mask].sum(dtype=np.float64) / pos_sum)
+    return out

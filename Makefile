@@ -1,0 +1,33 @@
+# Single entry point. `make test` builds .venv from nothing (Python 3.11 + the package registries)
+# and runs the whole test suite; `make demo` runs the main job on the bundled example.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: venv test lint demo bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml requirements-test.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	# zennit is the test-only LRP reference; --no-deps keeps it from pulling torchvision/CUDA torch
+	$(BIN)/python -m pip install --quiet --no-deps -r requirements-test.txt
+	touch $(STAMP)
+
+lint: venv
+	$(BIN)/ruff check .
+
+test: venv lint
+	$(BIN)/python -m pytest
+
+demo: venv
+	$(BIN)/addiagnosis diagnose --out demo-output
+
+bench: venv
+	$(BIN)/python scripts/benchmark.py
+
+clean:
+	rm -rf $(VENV) demo-output .pytest_cache .ruff_cache
