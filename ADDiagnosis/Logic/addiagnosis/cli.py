@@ -1,0 +1,225 @@
+"""Command line: ``addiagnosis diagnose | models | import-checkpoint`` (+ synth/train/evaluate when present).
+
+User errors print one line on stderr (``addiagnosis: error: FILE: problem``) and exit with code 2;
+nothing half-written is left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib
+import json
+import sys
+import time
+from pathlib import Path
+
+from . import RESEARCH_USE, __version__
+from .errors import AddiagnosisError, InputError
+from .lrp import DEFAULT_METHOD, METHODS
+
+EXIT_USER_ERROR = 2
+PLUGIN_COMMANDS = ("synth", "train", "evaluate")
+SAMPLE_DIR = Path(__file__).resolve().parents[2] / "Resources" / "SampleData"
+
+
+class Progress:
+    """Stage lines on stderr, shown when stderr is a terminal (or with --progress)."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.t0 = time.perf_counter()
+
+    def __call__(self, stage: str, fraction: float) -> None:
+        if self.enabled:
+            elapsed = time.perf_counter() - self.t0
+            sys.stderr.write(f"\r[{fraction * 100:3.0f}%] {elapsed:5.1f}s {stage:<48}")
+            if fraction >= 1.0:
+                sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+def default_scan() -> Path:
+    scans = sorted(SAMPLE_DIR.glob("*.nii.gz")) + sorted(SAMPLE_DIR.glob("*.nii"))
+    if not scans:
+        raise InputError("no SCAN given and no bundled example scan found", SAMPLE_DIR)
+    return scans[0]
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------------------------------ diagnose
+def cmd_diagnose(args) -> int:
+    from .engine import get_diagnoser
+    from .report import AtomicOutputDir, write_outputs
+    from .volume import read_nifti
+
+    progress = Progress(args.progress or (sys.stderr.isatty() and not args.quiet))
+    timings = {}
+    scan = Path(args.scan) if args.scan else default_scan()
+    out_dir = Path(args.out)
+    # fail on an unusable output directory before any expensive work
+    with AtomicOutputDir(out_dir):
+        pass
+    t0 = time.perf_counter()
+    progress("loading model", 0.0)
+    diagnoser = get_diagnoser(args.model, args.device)
+    if args.target:
+        diagnoser.package.class_index(args.target)
+    timings["load_model"] = time.perf_counter() - t0
+
+    t = time.perf_counter()
+    progress("reading scan", 0.05)
+    volume = read_nifti(scan)
+    volume.meta["sha256"] = file_sha256(scan)
+    timings["read"] = time.perf_counter() - t
+
+    result = diagnoser.run(volume, method=args.method, target=args.target, progress=progress)
+    timings.update(result.timings)
+
+    def views(out):
+        if not args.views:
+            return {}
+        from .views import render_views
+
+        paths = render_views(volume, result, out.tmp)
+        return {k: Path(p).name for k, p in paths.items()}
+
+    t = time.perf_counter()
+    progress("writing results", 0.9)
+    report = result.report(volume)
+    files = write_outputs(out_dir, volume, result, report, figures=not args.no_figures, extra=views)
+    timings["write"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t0
+    # the final report carries the complete timings (write included)
+    report = json.loads((out_dir / "report.json").read_text())
+    report["timings_s"] = {k: round(v, 4) for k, v in timings.items()}
+    _write_json_atomic(out_dir / "report.json", report)
+    progress("done", 1.0)
+
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(summary_text(report, files))
+    return 0
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def summary_text(report: dict, files: dict) -> str:
+    probs = report["probabilities"]
+    width = max(len(k) for k in probs)
+    lines = [f"{report['input']['name']}: predicted {report['predicted_class']} "
+             f"(p={probs[report['predicted_class']]:.3f}) with model {report['model']['name']} "
+             f"{report['model']['version']}"]
+    for name, p in sorted(probs.items(), key=lambda kv: -kv[1]):
+        lines.append(f"  {name:<{width}}  {p:6.3f}  {'#' * int(round(p * 30))}")
+    lines.append(f"relevance ({report['method']}) for {report['target_class']} -> {files['relevance']}")
+    lines.append(f"report -> {files['report']}" + (f", overview -> {files['overview']}" if "overview" in files else ""))
+    lines.append(f"total {report['timings_s'].get('total', 0):.2f} s")
+    lines.append(RESEARCH_USE)
+    return "\n".join(lines)
+
+
+# -------------------------------------------------------------------------------------------- models
+def cmd_models(args) -> int:
+    from .package import list_packages, search_dirs
+
+    packages = list_packages()
+    if args.json:
+        print(json.dumps([{"name": p.name, "version": p.version, "path": str(p.path), "card": p.card}
+                          for p in packages], indent=2))
+        return 0
+    if not packages:
+        print("no model packages installed; searched: " + ", ".join(str(d) for d in search_dirs()))
+        return 0
+    for p in packages:
+        flag = " (default, bundled)" if p.card.get("default") and p.bundled else (" (bundled)" if p.bundled else "")
+        print(f"{p.summary()}{flag}\n    {p.path}")
+    return 0
+
+
+def cmd_import(args) -> int:
+    from .package import import_checkpoint
+
+    pkg = import_checkpoint(args.file, name=args.name, preset=args.preset, dest_root=args.dest,
+                            overwrite=args.force)
+    print(f"imported {args.file} as model '{pkg.name}' -> {pkg.path}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- main
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="addiagnosis", description=(
+        "Explainable Alzheimer's-disease classification of brain MRI (3D CNN + LRP). " + RESEARCH_USE))
+    parser.add_argument("--version", action="version", version=f"addiagnosis {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("diagnose", help="classify one scan and explain the result with LRP")
+    d.add_argument("scan", nargs="?", help="a .nii or .nii.gz T1 scan (default: the bundled example)")
+    d.add_argument("--model", help="model package name or folder (default: the bundled model)")
+    d.add_argument("--method", default=DEFAULT_METHOD, choices=list(METHODS),
+                   help=f"relevance method (default {DEFAULT_METHOD})")
+    d.add_argument("--target", help="class to explain (default: the predicted class)")
+    d.add_argument("--out", default="addiagnosis-output", help="output folder (default ./addiagnosis-output)")
+    d.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    d.add_argument("--json", action="store_true", help="print the report as JSON")
+    d.add_argument("--views", action="store_true",
+                   help="also render Slicer's slice and 3D views (needs the slicer-core runtime)")
+    d.add_argument("--no-figures", action="store_true", help="skip overview.png")
+    d.add_argument("--progress", action="store_true", help="show progress even when stderr is not a terminal")
+    d.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    d.set_defaults(func=cmd_diagnose)
+
+    m = sub.add_parser("models", help="list installed model packages")
+    m.add_argument("--json", action="store_true")
+    m.set_defaults(func=cmd_models)
+
+    i = sub.add_parser("import-checkpoint", help="turn a checkpoint into a model package")
+    i.add_argument("file", help="a plain PyTorch state_dict (.pth)")
+    i.add_argument("--preset", default="seed", choices=["seed"],
+                   help="seed: the original Image_Recognition_WebGUI checkpoints")
+    i.add_argument("--name", required=True, help="name of the new package")
+    i.add_argument("--dest", help="folder to put the package in (default: the user model folder)")
+    i.add_argument("--force", action="store_true", help="replace an existing package of that name")
+    i.set_defaults(func=cmd_import)
+
+    for name in PLUGIN_COMMANDS:
+        try:
+            module = importlib.import_module(f"{__package__}.{name}")
+        except ImportError:
+            continue
+        register = getattr(module, "register_cli", None)
+        if register is not None:
+            register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except AddiagnosisError as exc:
+        print(f"addiagnosis: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("addiagnosis: interrupted", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("addiagnosis: error: out of memory", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())
