@@ -82,8 +82,10 @@ def read_nifti(path: str | os.PathLike, name: str | None = None) -> Volume:
     _check_file_size(path, img)
 
     try:
-        slope, inter = header.get_slope_inter()
-        unscaled = (slope is None or slope == 1) and (inter is None or inter == 0)
+        # nibabel moves the file's scl_slope/scl_inter onto the data proxy when it loads
+        slope = float(getattr(img.dataobj, "slope", 1.0))
+        inter = float(getattr(img.dataobj, "inter", 0.0))
+        unscaled = slope == 1.0 and inter == 0.0
         if unscaled and np.dtype(header.get_data_dtype()).kind in "iuf":
             raw = np.asanyarray(img.dataobj.get_unscaled())
             data = raw.astype(np.float32)
@@ -146,7 +148,7 @@ def check_array(data: np.ndarray, path=None, raw_integer: np.ndarray | None = No
 def _distinct_at_most(a: np.ndarray, limit: int) -> bool:
     lo, hi = int(a.min()), int(a.max())
     if hi - lo <= 1 << 20:
-        counts = np.bincount((a.ravel(order="K").astype(np.int64) - lo))
+        counts = np.bincount(a.ravel(order="K").astype(np.int64) - lo)
         return int(np.count_nonzero(counts)) <= limit
     sample = a.ravel(order="K")[:: max(1, a.size // 200_000)]
     return len(np.unique(sample)) <= limit and len(np.unique(a)) <= limit
