@@ -14,6 +14,7 @@ import os
 import pickle
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,7 +115,9 @@ class ModelPackage:
 def safe_load_state_dict(path: str | os.PathLike) -> dict:
     """Load a plain state_dict (tensors only); anything that needs code to unpickle is refused."""
     try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols; the user gets one line
+            warnings.simplefilter("ignore")
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise ModelError("is not a plain state_dict (it needs code to unpickle; refused)", path) from None
     except Exception as exc:
