@@ -13,11 +13,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import CLASSES, make_scan, save_nifti
-from test_volume import bad_inputs
-
 from addiagnosis import RESEARCH_USE
 from addiagnosis.cli import main
+from conftest import CLASSES, make_scan, save_nifti
+from test_volume import bad_inputs
 
 REPORT_KEYS = {"research_use", "model", "probabilities", "predicted_class", "target_class", "method",
                "relevance_summary", "input", "timings_s", "software", "preprocessing", "files"}

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from addiagnosis.lrp import METHODS, FastLRP
 from conftest import random_model
 from zennit_ref import zennit_relevance
-
-from addiagnosis.lrp import METHODS, FastLRP
 
 LRP_METHODS = ["lrp-alpha1beta0", "lrp-epsilon", "lrp-composite"]
 

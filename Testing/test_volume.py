@@ -7,10 +7,9 @@ import time
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import GEOMETRIES, make_scan, save_nifti
-
 from addiagnosis.errors import InputError
 from addiagnosis.volume import Volume, read_nifti, write_nifti
+from conftest import GEOMETRIES, make_scan, save_nifti
 
 
 @pytest.mark.parametrize("geometry", list(GEOMETRIES))
