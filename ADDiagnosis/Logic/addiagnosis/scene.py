@@ -575,3 +575,34 @@ def array_from_node(node) -> np.ndarray:
     image = node.GetImageData()
     dims = image.GetDimensions()
     return numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(dims[::-1]).transpose(2, 1, 0)
+
+
+def threshold_for_top_percent(relevance_node, top_percent: float) -> float:
+    """The relevance value above which ``top_percent`` % of the node's positive voxels lie."""
+    arr = array_from_node(relevance_node)
+    rng = display_range(arr, max(0.01, min(100.0, float(top_percent))))
+    return rng["lower"]
+
+
+def set_top_percent(relevance_node, top_percent: float) -> float:
+    """Live threshold change as 'show the top N % of positive relevance' (the module's slider)."""
+    lower = threshold_for_top_percent(relevance_node, top_percent)
+    set_threshold(relevance_node, lower)
+    return lower
+
+
+def diagnose_node(scene, input_node, package=None, method: str | None = None, target: str | None = None,
+                  device: str = "cpu", progress=None, vr_logic=None, opacity: float = DEFAULT_OPACITY,
+                  top_percent: float = DEFAULT_TOP_PERCENT):
+    """Volume node -> engine.diagnose -> push_results, blocking: the one path every front end takes.
+
+    Returns (result, SceneOutputs). A failure anywhere leaves the scene as it was.
+    """
+    from .engine import diagnose
+    from .lrp import DEFAULT_METHOD
+
+    volume = volume_from_node(input_node)
+    result = diagnose(volume, package, method or DEFAULT_METHOD, target or None, device, progress)
+    outputs = push_results(scene, input_node, result, vr_logic=vr_logic, opacity=opacity,
+                           top_percent=top_percent)
+    return result, outputs

@@ -1,0 +1,591 @@
+"""ADDiagnosis: explainable Alzheimer's-disease classification of brain MRI inside 3D Slicer.
+
+Thin glue (Slicer's scripted module template): every step runs in the ``addiagnosis`` engine package in
+``Logic/`` (the same code as the command line and the web app): ``addiagnosis.engine`` diagnoses a
+``Volume``, ``addiagnosis.scene`` turns volume nodes into Volumes and pushes the results into the scene.
+
+Research use only: not a medical device.
+"""
+
+import logging
+import os
+import sys
+import threading
+from typing import Annotated
+
+import qt
+import slicer
+import vtk
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLTableNode
+from slicer.i18n import tr as _
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+# The engine package, one import name everywhere: ``addiagnosis`` (this is the one place that maps it).
+LOGIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "Logic")
+if LOGIC_DIR not in sys.path:
+    sys.path.insert(0, LOGIC_DIR)
+
+RESEARCH_USE = "Research use only: not a medical device, not for clinical diagnosis."
+METHODS = ["lrp-alpha1beta0", "lrp-epsilon", "lrp-composite", "gradient-x-input", "guided-backprop"]
+TORCH_REQUIREMENT = ">=2.1"
+PIP_PACKAGES = {"nibabel": "nibabel>=5.0", "scipy": "scipy>=1.10"}  # never numpy/SimpleITK/torch from PyPI
+
+
+#
+# ADDiagnosis
+#
+
+
+class ADDiagnosis(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("AD Diagnosis")
+        self.parent.categories = [_("Neuroimaging")]
+        self.parent.dependencies = []
+        self.parent.contributors = ["ADDiagnosis developers"]
+        self.parent.helpText = _(
+            "<p><b>" + RESEARCH_USE + "</b></p>"
+            "<p>Classifies a T1-weighted brain MRI into Alzheimer's-disease stages (CN, EMCI, MCI, LMCI, AD) "
+            "with a 3D CNN and shows <i>why</i>: layer-wise relevance propagation (LRP) of the chosen class "
+            "as an overlay in the slice views and a volume rendering in the 3D view, plus a table and bar "
+            "chart of the class probabilities.</p>"
+            "<p>Select a scan, press <b>Diagnose</b>. Models are packages (card + checksummed weights): the "
+            "bundled one, or your own checkpoints via <i>Import checkpoint...</i>.</p>"
+        )
+        self.parent.acknowledgementText = _(
+            "Builds on the open-source 'Alzheimer's disease diagnosis with explainable AI' seed project "
+            "(3D CNN + LRP web app). LRP for Alzheimer's MRI: M. Boehle, F. Eitel, M. Weygandt, K. Ritter, "
+            "'Layer-wise relevance propagation for explaining deep neural network decisions in MRI-based "
+            "Alzheimer's disease classification', Front. Aging Neurosci. 11:194 (2019). LRP reference "
+            "implementation: zennit. Rendering and scene code: 3D Slicer (slicer.org)."
+        )
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+#
+# Sample data
+#
+
+
+def registerSampleData():
+    """Register the bundled example scan (SHA-256 checked) in the Sample Data module."""
+    import hashlib
+
+    import SampleData
+
+    data_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "Resources", "Data")
+    icons = os.path.join(os.path.dirname(os.path.abspath(__file__)), "Resources", "Icons")
+    if not os.path.isdir(data_dir):
+        return
+    for file_name in sorted(os.listdir(data_dir)):
+        if not file_name.endswith((".nii.gz", ".nii", ".nrrd")):
+            continue
+        path = os.path.join(data_dir, file_name)
+        with open(path, "rb") as fh:
+            sha = hashlib.sha256(fh.read()).hexdigest()
+        name = file_name.split(".")[0]
+        SampleData.SampleDataLogic.registerCustomSampleDataSource(
+            category="ADDiagnosis",
+            sampleName=name,
+            thumbnailFileName=os.path.join(icons, "ADDiagnosis.png"),
+            uris=qt.QUrl.fromLocalFile(path).toString(),
+            fileNames=file_name,
+            nodeNames=name,
+            checksums=f"SHA256:{sha}",
+        )
+
+
+#
+# Parameters
+#
+
+
+@parameterNodeWrapper
+class ADDiagnosisParameterNode:
+    """Everything the module needs to run and show a diagnosis (saved with the scene)."""
+
+    inputVolume: vtkMRMLScalarVolumeNode
+    model: str = ""
+    method: Annotated[str, Choice(METHODS)] = "lrp-alpha1beta0"
+    targetClass: str = ""
+    device: Annotated[str, Choice(["cpu", "cuda"])] = "cpu"
+    overlayOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.6
+    topPercent: Annotated[float, WithinRange(0.1, 100.0)] = 5.0
+    relevanceVolume: vtkMRMLScalarVolumeNode
+    probabilityTable: vtkMRMLTableNode
+
+
+#
+# Widget
+#
+
+
+class ADDiagnosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    PREDICTED = "(predicted class)"
+
+    def __init__(self, parent=None, logic=None):
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = logic
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._job = None
+        self._timer = qt.QTimer()
+        self._timer.setInterval(100)
+        self._timer.connect("timeout()", self._poll)
+
+    def setup(self):
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/ADDiagnosis.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = self.logic or ADDiagnosisLogic()
+
+        self.ui.researchUseLabel.text = RESEARCH_USE
+        self.ui.progressBar.visible = False
+        self.ui.methodSelector.clear()
+        self.ui.methodSelector.addItems(METHODS)
+        self.ui.deviceSelector.clear()
+        self.ui.deviceSelector.addItems(["cpu", "cuda"])
+        self._fillModels()
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.ui.diagnoseButton.connect("clicked(bool)", self.onDiagnoseButton)
+        self.ui.importButton.connect("clicked(bool)", self.onImportButton)
+        self.ui.modelSelector.connect("currentIndexChanged(int)", self._onModelChanged)
+        self.ui.opacitySlider.connect("valueChanged(double)", self._onOpacity)
+        self.ui.thresholdSlider.connect("valueChanged(double)", self._onThreshold)
+        self.initializeParameterNode()
+
+    def cleanup(self):
+        self._cancel()
+        self.removeObservers()
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+
+    def enter(self):
+        self.initializeParameterNode()
+
+    def exit(self):
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+
+    def onSceneStartClose(self, caller, event):
+        self._cancel()
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event):
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self):
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputVolume:
+            first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if first:
+                self._parameterNode.inputVolume = first
+
+    def setParameterNode(self, inputParameterNode):
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+            self._checkCanApply()
+
+    def _checkCanApply(self, caller=None, event=None):
+        if self._job is not None:
+            return
+        ok = bool(self._parameterNode and self._parameterNode.inputVolume and self._parameterNode.model)
+        self.ui.diagnoseButton.enabled = ok
+        self.ui.diagnoseButton.toolTip = _("Diagnose the selected scan") if ok else _(
+            "Select an input scan and a model")
+
+    # --- models -------------------------------------------------------------------------------
+    def _fillModels(self):
+        packages = self.logic.listModels()
+        self.ui.modelSelector.blockSignals(True)
+        self.ui.modelSelector.clear()
+        for pkg in packages:
+            self.ui.modelSelector.addItem(pkg["name"])
+            self.ui.modelSelector.setItemData(self.ui.modelSelector.count - 1, pkg["card_text"], qt.Qt.ToolTipRole)
+        self.ui.modelSelector.blockSignals(False)
+        if not packages:
+            self.ui.modelCardLabel.text = _("No model package found: use 'Import checkpoint...'.")
+        self._onModelChanged()
+
+    def _onModelChanged(self, index=None):
+        name = self.ui.modelSelector.currentText
+        card = self.logic.modelCard(name) if name else None
+        self.ui.targetSelector.clear()
+        self.ui.targetSelector.addItem(self.PREDICTED)
+        if card:
+            self.ui.targetSelector.addItems(card["class_names"])
+            self.ui.modelCardLabel.text = self.logic.cardText(card)
+
+    def onImportButton(self):
+        path = qt.QFileDialog.getOpenFileName(self.parent, _("Import a PyTorch state_dict"), "",
+                                              "PyTorch checkpoint (*.pth *.pt)")
+        if not path:
+            return
+        name = qt.QInputDialog.getText(self.parent, _("Model name"), _("Name of the new model package:"))
+        if not name:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Import failed."), waitCursor=True):
+            self.logic.importCheckpoint(path, name)
+            self._fillModels()
+            self.ui.modelSelector.setCurrentText(name)
+
+    # --- run / cancel (non-blocking) -------------------------------------------------------------
+    def onDiagnoseButton(self):
+        if self._job is not None:
+            self._cancel()
+            return
+        p = self._parameterNode
+        target = self.ui.targetSelector.currentText
+        target = None if target in ("", self.PREDICTED) else target
+        with slicer.util.tryWithErrorDisplay(_("Could not start the diagnosis."), waitCursor=True):
+            self.logic.ensureDependencies()
+            self._job = self.logic.start(p.inputVolume, p.model, p.method, target, p.device)
+            self._setRunning(True)
+            self._timer.start()
+
+    def _cancel(self):
+        if self._job is not None:
+            self._job.cancel()
+
+    def _setRunning(self, running):
+        self.ui.diagnoseButton.text = _("Cancel") if running else _("Diagnose")
+        self.ui.diagnoseButton.enabled = True
+        self.ui.progressBar.visible = running
+        if running:
+            self.ui.progressBar.value = 0
+            self.ui.statusLabel.text = _("starting...")
+
+    def _poll(self):
+        job = self._job
+        if job is None:
+            self._timer.stop()
+            return
+        stage, fraction = job.progress
+        self.ui.progressBar.value = int(100 * fraction)
+        self.ui.statusLabel.text = stage
+        if not job.done:
+            return
+        self._timer.stop()
+        self._job = None
+        self._setRunning(False)
+        self._checkCanApply()
+        if job.cancelled:
+            self.ui.statusLabel.text = _("cancelled; the scene was not changed")
+            return
+        if job.error is not None:
+            self.ui.statusLabel.text = _("failed")
+            slicer.util.errorDisplay(str(job.error).splitlines()[0], detailedText=job.details)
+            return
+        with slicer.util.tryWithErrorDisplay(_("Could not show the results."), waitCursor=True):
+            outputs = self.logic.show(job, self._parameterNode)
+            self._showResult(job.result, outputs)
+
+    def _showResult(self, result, outputs):
+        self.ui.predictedLabel.text = f"{result.predicted}  (explained: {result.target}, {result.method})"
+        lines = [f"{c}: {100 * result.probabilities[c]:.1f} %" for c in result.class_names]
+        self.ui.probabilitiesLabel.text = "\n".join(lines)
+        self.ui.resultsCollapsibleButton.collapsed = False
+        self.ui.statusLabel.text = _("done in {s:.1f} s").format(s=sum(result.timings.values()))
+
+    def _onOpacity(self, value):
+        rel = self._parameterNode.relevanceVolume if self._parameterNode else None
+        if rel:
+            self.logic.setOpacity(rel, value)
+
+    def _onThreshold(self, value):
+        rel = self._parameterNode.relevanceVolume if self._parameterNode else None
+        if rel:
+            self.logic.setTopPercent(rel, value)
+
+
+#
+# Logic
+#
+
+
+class DiagnosisJob:
+    """One diagnosis running in a worker thread; the GUI polls it (no processEvents loops)."""
+
+    def __init__(self, logic, inputNode, volume, model, method, target, device):
+        self.inputNode, self.volume = inputNode, volume
+        self.model, self.method, self.target, self.device = model, method, target, device
+        self.progress = ("queued", 0.0)
+        self.result = self.error = self.details = None
+        self.done = self.cancelled = False
+        self._cancel = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(logic,), daemon=True)
+        self._thread.start()
+
+    def cancel(self):
+        self._cancel.set()
+
+    def _note(self, stage, fraction):
+        if self._cancel.is_set():
+            raise _Cancelled()
+        self.progress = (stage, fraction)
+
+    def _run(self, logic):
+        import traceback
+
+        try:
+            from addiagnosis.engine import diagnose
+
+            self.result = diagnose(self.volume, logic.package(self.model), self.method, self.target, self.device,
+                                   self._note)
+            if self._cancel.is_set():
+                raise _Cancelled()
+        except _Cancelled:
+            self.cancelled = True
+        except Exception as exc:
+            self.error, self.details = exc, traceback.format_exc()
+        finally:
+            self.done = True
+
+
+class _Cancelled(Exception):
+    pass
+
+
+class ADDiagnosisLogic(ScriptedLoadableModuleLogic):
+    """The module's logic facade: ``process()`` blocks and works without the GUI (scripts, self-test)."""
+
+    _dependenciesChecked = False
+
+    def __init__(self):
+        ScriptedLoadableModuleLogic.__init__(self)
+
+    def getParameterNode(self):
+        return ADDiagnosisParameterNode(super().getParameterNode())
+
+    # --- dependencies: asked once, never at import time ------------------------------------------
+    @classmethod
+    def ensureDependencies(cls, askConfirmation=True):
+        if cls._dependenciesChecked:
+            return
+        try:
+            import torch  # noqa: F401
+
+            haveTorch = True
+        except ImportError:
+            haveTorch = False
+        if not haveTorch:
+            try:
+                import PyTorchUtils
+            except ImportError:
+                raise RuntimeError("ADDiagnosis needs PyTorch: install the 'PyTorch' extension from the "
+                                   "Extensions Manager, restart Slicer and try again") from None
+            torchLogic = PyTorchUtils.PyTorchUtilsLogic()
+            if not torchLogic.torchInstalled():
+                if askConfirmation and not slicer.util.confirmOkCancelDisplay(
+                        _("ADDiagnosis needs PyTorch, which is not installed yet. Install it now "
+                          "(a large download, several minutes)?")):
+                    raise RuntimeError("PyTorch is required; installation was declined")
+                if torchLogic.installTorch(askConfirmation=False, torchVersionRequirement=TORCH_REQUIREMENT) is None:
+                    raise RuntimeError("PyTorch could not be installed (see the Python console)")
+        missing = []
+        for module, requirement in PIP_PACKAGES.items():
+            try:
+                __import__(module)
+            except ImportError:
+                missing.append(requirement)
+        if missing:
+            if askConfirmation and not slicer.util.confirmOkCancelDisplay(
+                    _("ADDiagnosis needs these Python packages: {p}. Install them now?").format(
+                        p=", ".join(missing))):
+                raise RuntimeError(f"required Python packages are missing: {', '.join(missing)}")
+            slicer.util.pip_install(missing)
+        cls._dependenciesChecked = True
+
+    # --- models ----------------------------------------------------------------------------------
+    def listModels(self):
+        try:
+            from addiagnosis.package import list_packages
+        except ImportError:  # torch not installed yet: show the cards found on disk
+            return self._cardsOnDisk()
+        out = []
+        for pkg in list_packages():
+            out.append({"name": pkg.name, "card_text": self.cardText(pkg.card)})
+        return out
+
+    def _cardsOnDisk(self):
+        import json
+
+        root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "Resources", "Models")
+        out = []
+        if os.path.isdir(root):
+            for sub in sorted(os.listdir(root)):
+                card = os.path.join(root, sub, "card.json")
+                if os.path.isfile(card):
+                    with open(card) as fh:
+                        data = json.load(fh)
+                    out.append({"name": data.get("name", sub), "card_text": self.cardText(data)})
+        return out
+
+    def modelCard(self, name):
+        for pkg in self.listModels():
+            if pkg["name"] == name:
+                try:
+                    return self.package(name).card
+                except Exception:
+                    return None
+        return None
+
+    @staticmethod
+    def cardText(card):
+        grid = card.get("input_grid", {})
+        return (f"{card.get('name')} {card.get('version', '')}\n"
+                f"classes: {', '.join(card.get('class_names', []))}\n"
+                f"input grid: {grid.get('shape')} at {grid.get('spacing')} mm\n"
+                f"intended use: {card.get('intended_use', '?')}\n"
+                f"training data: {card.get('training_data', '?')}")
+
+    def package(self, name):
+        from addiagnosis.package import find_package
+
+        return find_package(name or None)
+
+    def importCheckpoint(self, path, name):
+        from addiagnosis.package import import_checkpoint
+
+        return import_checkpoint(path, name, preset="seed")
+
+    # --- running -----------------------------------------------------------------------------------
+    def start(self, inputNode, model, method, target, device="cpu"):
+        """Start a diagnosis in a worker thread; returns a DiagnosisJob to poll. The scene is untouched."""
+        from addiagnosis.scene import volume_from_node
+
+        volume = volume_from_node(inputNode)
+        volume.array = volume.array.copy()  # the worker must not read voxels the GUI may change
+        return DiagnosisJob(self, inputNode, volume, model, method, target, device)
+
+    def show(self, job, parameterNode=None):
+        """Push a finished job's result into the scene (main thread)."""
+        return self.pushResults(job.inputNode, job.result, parameterNode)
+
+    def pushResults(self, inputNode, result, parameterNode=None):
+        from addiagnosis.scene import push_results
+
+        opacity = parameterNode.overlayOpacity if parameterNode else 0.6
+        top = parameterNode.topPercent if parameterNode else 5.0
+        outputs = push_results(slicer.mrmlScene, inputNode, result, opacity=opacity, top_percent=top,
+                               vr_logic=slicer.modules.volumerendering.logic())
+        if parameterNode:
+            parameterNode.relevanceVolume = outputs.relevance
+            parameterNode.probabilityTable = outputs.table
+        return outputs
+
+    def process(self, inputNode, model=None, method="lrp-alpha1beta0", target=None, device="cpu",
+                parameterNode=None):
+        """Blocking: diagnose ``inputNode`` and push the results into the scene. Returns (result, outputs)."""
+        import time
+
+        from addiagnosis.engine import diagnose
+        from addiagnosis.scene import volume_from_node
+
+        start = time.time()
+        self.ensureDependencies()
+        volume = volume_from_node(inputNode)
+        result = diagnose(volume, self.package(model) if isinstance(model, str) or model is None else model,
+                          method, target, device)
+        outputs = self.pushResults(inputNode, result, parameterNode)
+        logging.info(f"ADDiagnosis: {result.predicted} in {time.time() - start:.1f} s. {RESEARCH_USE}")
+        return result, outputs
+
+    def setOpacity(self, relevanceNode, opacity):
+        from addiagnosis.scene import set_overlay_opacity
+
+        set_overlay_opacity(slicer.mrmlScene, relevanceNode, opacity)
+
+    def setTopPercent(self, relevanceNode, topPercent):
+        from addiagnosis.scene import set_top_percent
+
+        set_top_percent(relevanceNode, topPercent)
+
+
+#
+# Test
+#
+
+
+class ADDiagnosisTest(ScriptedLoadableModuleTest):
+    """Runs inside Slicer (Reload & Test, or ``Slicer --python-code``): the same scenario as the pytest suite."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_ADDiagnosis1()
+
+    def _tinyPackage(self):
+        import tempfile
+
+        import torch
+        from addiagnosis.model import ClassificationModel3D
+        from addiagnosis.package import write_package
+
+        torch.manual_seed(0)
+        model = ClassificationModel3D(input_shape=(80, 88, 80), n_classes=5).eval()
+        card = {"name": "selftest", "version": "0", "class_names": ["CN", "EMCI", "MCI", "LMCI", "AD"],
+                "input_grid": {"shape": [80, 88, 80], "spacing": [2, 2, 2], "orientation": "RAS"},
+                "preprocessing": {"kind": "physical"}, "intended_use": "self-test only",
+                "training_data": "none (random weights)"}
+        return write_package(os.path.join(tempfile.mkdtemp(), "selftest"), model.state_dict(), card)
+
+    def _scan(self):
+        import numpy as np
+
+        k, j, i = np.mgrid[0:100, 110:0:-1, 0:90].astype(np.float32)  # KJI, as arrayFromVolume
+        head = ((i - 45) / 40) ** 2 + ((j - 55) / 50) ** 2 + ((k - 50) / 42) ** 2 < 1
+        arr = np.where(head, 400 + 80 * np.sin(i / 7.0) * np.cos(k / 9.0), 0).astype(np.float32)
+        c, s = np.cos(0.2), np.sin(0.2)  # oblique, anisotropic: the geometry must be kept exactly
+        ijkToRas = np.array([[-1.5 * c, 1.2 * s, 0, 60], [-1.5 * s, -1.2 * c, 0, 70], [0, 0, 1.8, -80], [0, 0, 0, 1]])
+        return slicer.util.addVolumeFromArray(arr, ijkToRAS=ijkToRas, name="selftest scan")
+
+    def test_ADDiagnosis1(self):
+        import numpy as np
+        from addiagnosis.scene import array_from_node, node_ijk_to_ras, table_probabilities
+
+        self.delayDisplay("Starting the ADDiagnosis test")
+        logic = ADDiagnosisLogic()
+        logic.ensureDependencies(askConfirmation=False)
+        package = self._tinyPackage()
+        inputNode = self._scan()
+
+        result, outputs = logic.process(inputNode, package)
+        rel = outputs.relevance
+        self.assertEqual(rel.GetName(), "selftest scan relevance")
+        np.testing.assert_allclose(node_ijk_to_ras(rel), node_ijk_to_ras(inputNode), atol=1e-9)
+        np.testing.assert_array_equal(array_from_node(rel), result.relevance.array)
+        probs = table_probabilities(outputs.table)
+        self.assertAlmostEqual(sum(probs.values()), 1.0, places=5)
+        for name, p in result.probabilities.items():
+            self.assertAlmostEqual(probs[name], p, places=6)
+        comp = slicer.app.layoutManager().sliceWidget("Red").sliceLogic().GetSliceCompositeNode()
+        self.assertEqual(comp.GetForegroundVolumeID(), rel.GetID())
+        self.assertTrue(outputs.vr_display.GetVisibility())
+
+        count = slicer.mrmlScene.GetNumberOfNodes()
+        logic.process(inputNode, package, method="lrp-epsilon", target="AD")
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), count)
+        self.delayDisplay("ADDiagnosis test passed. " + RESEARCH_USE)
