@@ -142,7 +142,7 @@ class ThreeDView(_View):
         offsets = {"anterior": (0, 1, 0), "left": (-1, 0, 0), "superior": (0, 0, 1),
                    "oblique": (-0.62, 0.62, 0.48)}
         d = offsets[direction]
-        position = [centre[i] + 2.2 * radius * d[i] for i in range(3)]
+        position = [centre[i] + 1.7 * radius * d[i] for i in range(3)]
         up = (0, 1, 0) if direction == "superior" else (0, 0, 1)
         if camera_node is not None:
             camera_node.SetFocalPoint(*centre)
