@@ -324,7 +324,7 @@ class ADDiagnosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 
 class DiagnosisJob:
-    """One diagnosis running in a worker thread; the GUI polls it (no processEvents loops)."""
+    """One diagnosis running in a worker thread; the GUI polls it with a QTimer (no event-loop spinning)."""
 
     def __init__(self, logic, inputNode, volume, model, method, target, device):
         self.inputNode, self.volume = inputNode, volume
