@@ -109,7 +109,7 @@ class SliceView(_View):
         self.logic.ResizeSliceNode(*self.size)
         self.logic.FitSliceToBackground()
         if slice_ras is not None:
-            self.node.JumpSliceByCentering(*[float(v) for v in slice_ras])
+            self.node.JumpSliceByOffsetting(*[float(v) for v in slice_ras])
         self.logic.SnapSliceOffsetToIJK()
 
     def render(self, path: Path) -> Path:
@@ -200,7 +200,7 @@ def render_views(input_volume: Volume, result, out_dir: Path, size=(512, 512)) -
 
     Builds a real MRML scene, pushes ``result`` with the same scene bridge as the Slicer module, and writes
     ``view_axial.png``, ``view_coronal.png``, ``view_sagittal.png`` and ``view_3d.png`` into ``out_dir``.
-    Slice views cross at the centroid of the top 1% relevance when known. Returns {view: path}.
+    Slice planes pass through the centroid of the top 1% relevance when known. Returns {view: path}.
     """
     t0 = time.perf_counter()
     runtime = SlicerRuntime()
