@@ -74,31 +74,37 @@ class ADDiagnosis(ScriptedLoadableModule):
 #
 
 
+def exampleScans():
+    """Example scans shipped in Resources/ (any .nii/.nii.gz/.nrrd outside Models/), sorted by path."""
+    resources = os.path.join(os.path.dirname(os.path.abspath(__file__)), "Resources")
+    found = []
+    for folder, dirs, files in os.walk(resources):
+        dirs[:] = sorted(d for d in dirs if d not in ("Models", "UI", "Icons"))
+        found += [os.path.join(folder, f) for f in sorted(files) if f.endswith((".nii.gz", ".nii", ".nrrd"))]
+    return found
+
+
 def registerSampleData():
-    """Register the bundled example scan (SHA-256 checked) in the Sample Data module."""
+    """Register the bundled example scan(s) in the Sample Data module, each with its SHA-256 checksum."""
     import hashlib
 
     import SampleData
 
-    data_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "Resources", "Data")
-    icons = os.path.join(os.path.dirname(os.path.abspath(__file__)), "Resources", "Icons")
-    if not os.path.isdir(data_dir):
-        return
-    for file_name in sorted(os.listdir(data_dir)):
-        if not file_name.endswith((".nii.gz", ".nii", ".nrrd")):
-            continue
-        path = os.path.join(data_dir, file_name)
+    icon = os.path.join(os.path.dirname(os.path.abspath(__file__)), "Resources", "Icons", "ADDiagnosis.png")
+    for path in exampleScans():
         with open(path, "rb") as fh:
             sha = hashlib.sha256(fh.read()).hexdigest()
-        name = file_name.split(".")[0]
+        fileName = os.path.basename(path)
+        name = fileName.split(".")[0]
         SampleData.SampleDataLogic.registerCustomSampleDataSource(
             category="ADDiagnosis",
             sampleName=name,
-            thumbnailFileName=os.path.join(icons, "ADDiagnosis.png"),
+            thumbnailFileName=icon,
             uris=qt.QUrl.fromLocalFile(path).toString(),
-            fileNames=file_name,
+            fileNames=fileName,
             nodeNames=name,
             checksums=f"SHA256:{sha}",
+            loadFileType="VolumeFile",
         )
 
 
@@ -161,6 +167,8 @@ class ADDiagnosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.diagnoseButton.connect("clicked(bool)", self.onDiagnoseButton)
         self.ui.importButton.connect("clicked(bool)", self.onImportButton)
+        self.ui.loadExampleButton.connect("clicked(bool)", self.onLoadExample)
+        self.ui.loadExampleButton.enabled = bool(exampleScans())
         self.ui.modelSelector.connect("currentIndexChanged(int)", self._onModelChanged)
         self.ui.opacitySlider.connect("valueChanged(double)", self._onOpacity)
         self.ui.thresholdSlider.connect("valueChanged(double)", self._onThreshold)
@@ -248,6 +256,15 @@ class ADDiagnosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.importCheckpoint(path, name)
             self._fillModels()
             self.ui.modelSelector.setCurrentText(name)
+
+    def onLoadExample(self):
+        with slicer.util.tryWithErrorDisplay(_("Could not load the example scan."), waitCursor=True):
+            import SampleData
+
+            name = os.path.basename(exampleScans()[0]).split(".")[0]
+            node = SampleData.SampleDataLogic().downloadSample(name)
+            if node:
+                self._parameterNode.inputVolume = node
 
     # --- run / cancel (non-blocking) -------------------------------------------------------------
     def onDiagnoseButton(self):

@@ -137,8 +137,9 @@ def test_extension_metadata():
     assert entry["category"] == "Neuroimaging" and entry["build_dependencies"] == ["PyTorch"]
 
 
-@pytest.mark.parametrize("widget", ["diagnoseButton", "importButton", "opacitySlider", "thresholdSlider",
-                                    "modelSelector", "targetSelector", "deviceSelector", "inputSelector"])
+@pytest.mark.parametrize("widget", ["diagnoseButton", "importButton", "loadExampleButton", "opacitySlider",
+                                    "thresholdSlider", "modelSelector", "targetSelector", "deviceSelector",
+                                    "inputSelector"])
 def test_widget_has_tooltip(widget):
     props = {p.get("name") for p in ui_widgets()[widget].findall("property")}
     assert "toolTip" in props
