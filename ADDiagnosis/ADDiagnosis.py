@@ -35,6 +35,9 @@ if LOGIC_DIR not in sys.path:
 RESEARCH_USE = "Research use only: not a medical device, not for clinical diagnosis."
 METHODS = ["lrp-alpha1beta0", "lrp-epsilon", "lrp-composite", "gradient-x-input", "guided-backprop"]
 TORCH_REQUIREMENT = ">=2.1"
+# Parameters whose choices are only known at run time (installed models, the model's classes): a QComboBox can
+# only be bound with connectGui to a fixed Choice, so these two are kept in sync by the widget itself.
+MANUALLY_SYNCED = {"model": "modelSelector", "targetClass": "targetSelector"}
 PIP_PACKAGES = {"nibabel": "nibabel>=5.0", "scipy": "scipy>=1.10"}  # never numpy/SimpleITK/torch from PyPI
 
 
@@ -157,10 +160,6 @@ class ADDiagnosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.ui.researchUseLabel.text = RESEARCH_USE
         self.ui.progressBar.visible = False
-        self.ui.methodSelector.clear()
-        self.ui.methodSelector.addItems(METHODS)
-        self.ui.deviceSelector.clear()
-        self.ui.deviceSelector.addItems(["cpu", "cuda"])
         self._fillModels()
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
@@ -170,6 +169,7 @@ class ADDiagnosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.loadExampleButton.connect("clicked(bool)", self.onLoadExample)
         self.ui.loadExampleButton.enabled = bool(exampleScans())
         self.ui.modelSelector.connect("currentIndexChanged(int)", self._onModelChanged)
+        self.ui.targetSelector.connect("currentIndexChanged(int)", self._onTargetChanged)
         self.ui.opacitySlider.connect("valueChanged(double)", self._onOpacity)
         self.ui.thresholdSlider.connect("valueChanged(double)", self._onThreshold)
         self.initializeParameterNode()
@@ -212,7 +212,19 @@ class ADDiagnosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+            self._syncManualParameters()
             self._checkCanApply()
+
+    def _syncManualParameters(self):
+        """model / targetClass: select the saved ones if still available, else save what is shown."""
+        p = self._parameterNode
+        if p.model and self.ui.modelSelector.findText(p.model) >= 0:
+            self.ui.modelSelector.setCurrentText(p.model)
+        else:
+            p.model = self.ui.modelSelector.currentText
+        self._onModelChanged()
+        if p.targetClass and self.ui.targetSelector.findText(p.targetClass) >= 0:
+            self.ui.targetSelector.setCurrentText(p.targetClass)
 
     def _checkCanApply(self, caller=None, event=None):
         if self._job is not None:
@@ -237,12 +249,23 @@ class ADDiagnosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _onModelChanged(self, index=None):
         name = self.ui.modelSelector.currentText
+        if self._parameterNode and self._parameterNode.model != name:
+            self._parameterNode.model = name
         card = self.logic.modelCard(name) if name else None
+        self.ui.targetSelector.blockSignals(True)
         self.ui.targetSelector.clear()
         self.ui.targetSelector.addItem(self.PREDICTED)
         if card:
             self.ui.targetSelector.addItems(card["class_names"])
             self.ui.modelCardLabel.text = self.logic.cardText(card)
+        self.ui.targetSelector.blockSignals(False)
+        self._onTargetChanged()
+
+    def _onTargetChanged(self, index=None):
+        text = self.ui.targetSelector.currentText
+        target = "" if text in ("", self.PREDICTED) else text
+        if self._parameterNode and self._parameterNode.targetClass != target:
+            self._parameterNode.targetClass = target
 
     def onImportButton(self):
         path = qt.QFileDialog.getOpenFileName(self.parent, _("Import a PyTorch state_dict"), "",
@@ -272,8 +295,7 @@ class ADDiagnosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._cancel()
             return
         p = self._parameterNode
-        target = self.ui.targetSelector.currentText
-        target = None if target in ("", self.PREDICTED) else target
+        target = p.targetClass or None
         with slicer.util.tryWithErrorDisplay(_("Could not start the diagnosis."), waitCursor=True):
             self.logic.ensureDependencies()
             self._job = self.logic.start(p.inputVolume, p.model, p.method, target, p.device)

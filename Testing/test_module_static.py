@@ -66,10 +66,42 @@ def test_every_parameter_is_bound_to_a_widget():
     assert {"inputVolume", "model", "method", "targetClass", "overlayOpacity", "topPercent", "device",
             "relevanceVolume", "probabilityTable"} <= set(params)
     bound = bound_parameters()
-    unbound = [p for p in params if p not in bound]
-    assert not unbound, f"parameters without a widget (SlicerParameterName) in the .ui: {unbound}"
+    manual = manually_synced()
+    unbound = [p for p in params if p not in bound and p not in manual]
+    assert not unbound, f"parameters without a widget (SlicerParameterName or MANUALLY_SYNCED): {unbound}"
     stray = set(bound) - set(params)
     assert not stray, f".ui binds names that are not parameters: {sorted(stray)}"
+    widgets = ui_widgets()
+    for param, widget in manual.items():
+        assert param not in bound and widget in widgets
+        assert f"self.ui.{widget}.connect(" in SOURCE  # the widget writes the parameter itself
+        assert re.search(rf"_parameterNode\.{param} = ", SOURCE) and re.search(rf"p\.{param}\b", SOURCE)
+
+
+def manually_synced() -> dict[str, str]:
+    m = re.search(r"^MANUALLY_SYNCED = (\{.*?\})", SOURCE, re.M)
+    return ast.literal_eval(m.group(1)) if m else {}
+
+
+def annotation_source(param: str) -> str:
+    for n in parameter_class().body:
+        if isinstance(n, ast.AnnAssign) and n.target.id == param:
+            return ast.get_source_segment(SOURCE, n.annotation)
+    raise KeyError(param)
+
+
+def test_bound_widgets_fit_slicer_gui_connectors():
+    """connectGui raises at run time for these mismatches: a QComboBox needs a Choice, a slider a range."""
+    widgets = ui_widgets()
+    for param, name in bound_parameters().items():
+        cls, ann = widgets[name].get("class"), annotation_source(param)
+        if cls == "QComboBox":
+            assert "Choice(" in ann, f"{name} (QComboBox) bound to {param}: {ann} has no Choice"
+        elif cls == "ctkSliderWidget":
+            assert "WithinRange(" in ann and ann.startswith("Annotated[float"), (param, ann)
+        elif cls == "qMRMLNodeComboBox":
+            types = [s.text for s in widgets[name].iter("string")]
+            assert ann in types, (param, ann, types)
 
 
 def test_ui_is_designer_xml_with_declared_custom_widgets():
