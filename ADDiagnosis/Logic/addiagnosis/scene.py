@@ -521,14 +521,11 @@ def _probabilities(scene, input_node, result):
 
 
 def show_chart(scene, chart, undo=None) -> None:
-    """Show the chart in every plot view; switch the layout to one with a plot view (Four-Up + plot)."""
-    views = scene.GetNodesByClass("vtkMRMLPlotViewNode")
-    for i in range(views.GetNumberOfItems()):
-        view = views.GetItemAsObject(i)
-        if undo is not None:
-            old = view.GetPlotChartNodeID()
-            undo.actions.append(lambda v=view, o=old: v.SetPlotChartNodeID(o))
-        view.SetPlotChartNodeID(chart.GetID())
+    """Switch the layout to one with a plot view (Four-Up + plot), then show the chart in every plot view.
+
+    In desktop Slicer the layout manager creates the plot view node when the layout changes, and the
+    selection node's active chart is what Slicer propagates to it (what vtkSlicerPlotsLogic does).
+    """
     layouts = scene.GetNodesByClass("vtkMRMLLayoutNode")
     if layouts.GetNumberOfItems():
         layout = layouts.GetItemAsObject(0)
@@ -536,6 +533,19 @@ def show_chart(scene, chart, undo=None) -> None:
             old_layout = layout.GetViewArrangement()
             undo.actions.append(lambda lo=layout, o=old_layout: lo.SetViewArrangement(o))
         layout.SetViewArrangement(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpPlotView)
+    selection = scene.GetNodeByID("vtkMRMLSelectionNodeSingleton")
+    if selection is not None:
+        if undo is not None:
+            old = selection.GetActivePlotChartID()
+            undo.actions.append(lambda o=old: selection.SetActivePlotChartID(o))
+        selection.SetActivePlotChartID(chart.GetID())
+    views = scene.GetNodesByClass("vtkMRMLPlotViewNode")
+    for i in range(views.GetNumberOfItems()):
+        view = views.GetItemAsObject(i)
+        if undo is not None:
+            old = view.GetPlotChartNodeID()
+            undo.actions.append(lambda v=view, o=old: v.SetPlotChartNodeID(o))
+        view.SetPlotChartNodeID(chart.GetID())
 
 
 def _place_under(scene, input_node, nodes) -> None:
