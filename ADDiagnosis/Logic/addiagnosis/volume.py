@@ -17,6 +17,11 @@ import numpy as np
 
 from .errors import InputError, OutputError
 
+try:
+    from isal import igzip as _igzip
+except ImportError:  # optional speed-up; nibabel's gzip is used without it
+    _igzip = None
+
 # Refuse headers that would need more memory than any brain MRI does (before allocating).
 MAX_VOXELS = 512 * 512 * 512
 MAX_DIM = 2048
@@ -71,6 +76,7 @@ def read_nifti(path: str | os.PathLike, name: str | None = None) -> Volume:
         img = nib.load(str(path))
     except Exception as exc:  # nibabel raises many types for non-NIfTI input
         raise InputError(f"not a readable NIfTI file ({_short(exc)})", path) from None
+    compressed = str(path).endswith(".gz")
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise InputError(f"not a NIfTI file (nibabel read it as {type(img).__name__})", path)
 
@@ -80,6 +86,12 @@ def read_nifti(path: str | os.PathLike, name: str | None = None) -> Volume:
     if int(header.get("intent_code", 0)) == NIFTI_INTENT_LABEL:
         raise InputError("is a label map (NIfTI intent 'label'), not an MRI scan", path)
     _check_file_size(path, img)
+    if compressed and _igzip is not None and isinstance(img, nib.Nifti1Image):
+        # whole-file decompression with ISA-L is ~2x faster than nibabel's streaming gzip
+        try:
+            img = nib.Nifti1Image.from_bytes(_igzip.decompress(path.read_bytes()))
+        except Exception as exc:
+            raise InputError(f"truncated or corrupt image data ({_short(exc)})", path) from None
 
     try:
         # nibabel moves the file's scl_slope/scl_inter onto the data proxy when it loads
@@ -176,7 +188,11 @@ def write_nifti(volume: Volume, path: str | os.PathLike, description: str = "ADD
     img.set_sform(volume.ijk_to_ras, code=1)
     img.header["descrip"] = description[:79].encode()
     try:
-        nib.save(img, str(path))
+        if str(path).endswith(".gz") and _igzip is not None:
+            # ISA-L level 1: ~6x faster than zlib level 1 at the same size (standard gzip stream)
+            Path(path).write_bytes(_igzip.compress(img.to_bytes(), 1))
+        else:
+            nib.save(img, str(path))
     except OSError as exc:
         raise OutputError(f"cannot write ({exc.strerror or exc})", path) from None
 
