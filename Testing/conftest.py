@@ -9,6 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+
 from addiagnosis.model import ClassificationModel3D
 from addiagnosis.package import write_package
 

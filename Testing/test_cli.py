@@ -13,8 +13,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+
 from addiagnosis import RESEARCH_USE
 from addiagnosis.cli import main
+
 from conftest import CLASSES, make_scan, save_nifti
 from test_volume import bad_inputs
 

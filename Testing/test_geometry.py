@@ -5,10 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from addiagnosis.engine import Diagnoser
 from addiagnosis.package import write_package
 from addiagnosis.preprocess import prepare
 from addiagnosis.volume import Volume
+
 from conftest import GEOMETRIES, card_for, make_scan, random_model
 
 CARD = card_for("geom", shape=(80, 88, 80), spacing=(2.0, 2.0, 2.0))

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from addiagnosis.lrp import METHODS, FastLRP
+
 from conftest import random_model
 from zennit_ref import zennit_relevance
 

@@ -11,12 +11,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+
 from addiagnosis.cli import main
 from addiagnosis.engine import Diagnoser
 from addiagnosis.lrp import FastLRP
 from addiagnosis.model import ClassificationModel3D, flat_size
 from addiagnosis.package import SEED_CLASSES, find_package, import_checkpoint
 from addiagnosis.volume import read_nifti
+
 from conftest import SEED_130, SEED_DIR, save_nifti
 
 needs_seed = pytest.mark.skipif(not SEED_130.is_file(), reason=f"seed checkpoints not present in {SEED_DIR}")

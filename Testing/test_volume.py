@@ -7,8 +7,10 @@ import time
 import nibabel as nib
 import numpy as np
 import pytest
+
 from addiagnosis.errors import InputError
 from addiagnosis.volume import Volume, read_nifti, write_nifti
+
 from conftest import GEOMETRIES, make_scan, save_nifti
 
 

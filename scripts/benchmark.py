@@ -34,9 +34,10 @@ def make_inputs(work: Path) -> tuple[Path, Path]:
     """A 166x256x256 int16 scan and a seed-architecture model package."""
     import numpy as np
     import torch
-    from conftest import random_model
 
     from addiagnosis.package import import_checkpoint, write_package
+
+    from conftest import random_model
 
     scan = work / "scan166.nii.gz"
     if not scan.exists():
