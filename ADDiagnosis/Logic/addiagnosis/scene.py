@@ -346,6 +346,13 @@ def _push(scene, input_node, result, data, in_geom, rng, undo, opacity, threshol
             rel_node.GetIJKToRASMatrix(old_m)
             undo.actions.append(lambda n=rel_node, i=old_image, m=old_m: (n.SetIJKToRASMatrix(m),
                                                                           n.SetAndObserveImageData(i)))
+        disp = rel_node.GetDisplayNode()
+        if disp is None:  # made here, with automatic window/level off: no histogram pass over the voxels
+            disp = slicer.vtkMRMLScalarVolumeDisplayNode()
+            disp.AutoWindowLevelOff()
+            disp.AutoThresholdOff()
+            scene.AddNode(disp)
+            rel_node.SetAndObserveDisplayNodeID(disp.GetID())
         rel_node.SetAttribute(ROLE, "relevance")
         rel_node.SetAttribute("ADDiagnosis.model", f"{result.model_name} {result.model_version}")
         rel_node.SetAttribute("ADDiagnosis.target", result.target)
@@ -355,10 +362,6 @@ def _push(scene, input_node, result, data, in_geom, rng, undo, opacity, threshol
         rel_node.SetAndObserveTransformNodeID(parent.GetID() if parent is not None else None)
 
         color, _ = _hot_color_node(scene)
-        disp = rel_node.GetDisplayNode()
-        if disp is None:
-            rel_node.CreateDefaultDisplayNodes()
-            disp = rel_node.GetDisplayNode()
         disp.SetAndObserveColorNodeID(color.GetID())
         disp.AutoWindowLevelOff()
         disp.SetWindowLevelMinMax(rng["lower"], rng["upper"])
