@@ -11,12 +11,12 @@ import logging
 import os
 import sys
 import threading
-from typing import Annotated
+from typing import Annotated, Union
 
 import qt
 import slicer
 import vtk
-from slicer import vtkMRMLScalarVolumeNode, vtkMRMLTableNode
+from slicer import vtkMRMLLabelMapVolumeNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTableNode
 from slicer.i18n import tr as _
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
@@ -127,8 +127,10 @@ class ADDiagnosisParameterNode:
     device: Annotated[str, Choice(["cpu", "cuda"])] = "cpu"
     overlayOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.6
     topPercent: Annotated[float, WithinRange(0.1, 100.0)] = 5.0
+    regions: Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode]  # noqa: UP007 - parameterNodeWrapper
     relevanceVolume: vtkMRMLScalarVolumeNode
     probabilityTable: vtkMRMLTableNode
+    regionTable: vtkMRMLTableNode
 
 
 #
@@ -172,6 +174,7 @@ class ADDiagnosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.targetSelector.connect("currentIndexChanged(int)", self._onTargetChanged)
         self.ui.opacitySlider.connect("valueChanged(double)", self._onOpacity)
         self.ui.thresholdSlider.connect("valueChanged(double)", self._onThreshold)
+        self.ui.regionsSelector.connect("currentNodeChanged(vtkMRMLNode*)", self._onRegions)
         self.initializeParameterNode()
 
     def cleanup(self):
@@ -351,6 +354,13 @@ class ADDiagnosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if rel:
             self.logic.setOpacity(rel, value)
 
+    def _onRegions(self, node):
+        p = self._parameterNode
+        if node is None or p is None or not p.relevanceVolume or not p.inputVolume or self._job is not None:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Could not summarise relevance per region."), waitCursor=True):
+            p.regionTable = self.logic.regionSummary(p.inputVolume, node)
+
     def _onThreshold(self, value):
         rel = self._parameterNode.relevanceVolume if self._parameterNode else None
         if rel:
@@ -521,20 +531,30 @@ class ADDiagnosisLogic(ScriptedLoadableModuleLogic):
         """Push a finished job's result into the scene (main thread)."""
         return self.pushResults(job.inputNode, job.result, parameterNode)
 
-    def pushResults(self, inputNode, result, parameterNode=None):
+    def pushResults(self, inputNode, result, parameterNode=None, regionsNode=None):
         from addiagnosis.scene import push_results
 
         opacity = parameterNode.overlayOpacity if parameterNode else 0.6
         top = parameterNode.topPercent if parameterNode else 5.0
         outputs = push_results(slicer.mrmlScene, inputNode, result, opacity=opacity, top_percent=top,
                                vr_logic=slicer.modules.volumerendering.logic())
+        regionsNode = regionsNode or (parameterNode.regions if parameterNode else None)
+        outputs.regions = self.regionSummary(inputNode, regionsNode) if regionsNode else None
         if parameterNode:
             parameterNode.relevanceVolume = outputs.relevance
             parameterNode.probabilityTable = outputs.table
+            if outputs.regions is not None:
+                parameterNode.regionTable = outputs.regions
         return outputs
 
+    def regionSummary(self, inputNode, regionsNode):
+        """Relevance per segment / label (sum, mean, share of positive relevance) as a table node."""
+        from addiagnosis.scene import region_summary
+
+        return region_summary(slicer.mrmlScene, inputNode, regionsNode)
+
     def process(self, inputNode, model=None, method="lrp-alpha1beta0", target=None, device="cpu",
-                parameterNode=None):
+                parameterNode=None, regionsNode=None):
         """Blocking: diagnose ``inputNode`` and push the results into the scene. Returns (result, outputs)."""
         import time
 
@@ -546,7 +566,7 @@ class ADDiagnosisLogic(ScriptedLoadableModuleLogic):
         volume = volume_from_node(inputNode)
         result = diagnose(volume, self.package(model) if isinstance(model, str) or model is None else model,
                           method, target, device)
-        outputs = self.pushResults(inputNode, result, parameterNode)
+        outputs = self.pushResults(inputNode, result, parameterNode, regionsNode)
         logging.info(f"ADDiagnosis: {result.predicted} in {time.time() - start:.1f} s. {RESEARCH_USE}")
         return result, outputs
 
@@ -580,6 +600,7 @@ class ADDiagnosisTest(ScriptedLoadableModuleTest):
         import tempfile
 
         import torch
+
         from addiagnosis.model import ClassificationModel3D
         from addiagnosis.package import write_package
 
@@ -603,6 +624,7 @@ class ADDiagnosisTest(ScriptedLoadableModuleTest):
 
     def test_ADDiagnosis1(self):
         import numpy as np
+
         from addiagnosis.scene import array_from_node, node_ijk_to_ras, table_probabilities
 
         self.delayDisplay("Starting the ADDiagnosis test")

@@ -64,7 +64,7 @@ def test_every_ui_name_used_exists_in_ui_file():
 def test_every_parameter_is_bound_to_a_widget():
     params = [n.target.id for n in parameter_class().body if isinstance(n, ast.AnnAssign)]
     assert {"inputVolume", "model", "method", "targetClass", "overlayOpacity", "topPercent", "device",
-            "relevanceVolume", "probabilityTable"} <= set(params)
+            "relevanceVolume", "probabilityTable", "regions", "regionTable"} <= set(params)
     bound = bound_parameters()
     manual = manually_synced()
     unbound = [p for p in params if p not in bound and p not in manual]
@@ -100,8 +100,8 @@ def test_bound_widgets_fit_slicer_gui_connectors():
         elif cls == "ctkSliderWidget":
             assert "WithinRange(" in ann and ann.startswith("Annotated[float"), (param, ann)
         elif cls == "qMRMLNodeComboBox":
-            types = [s.text for s in widgets[name].iter("string")]
-            assert ann in types, (param, ann, types)
+            types = {s.text for s in widgets[name].find("property[@name='nodeTypes']").iter("string")}
+            assert set(re.findall(r"vtkMRML\w+", ann)) == types, (param, ann, types)
 
 
 def test_ui_is_designer_xml_with_declared_custom_widgets():

@@ -11,6 +11,7 @@ import pytest
 slicer = pytest.importorskip("slicer", reason="the slicer-core runtime is not installed (pip install '.[scene]')")
 
 import vtk  # noqa: E402
+
 from addiagnosis import cli  # noqa: E402
 from addiagnosis.engine import diagnose  # noqa: E402
 from addiagnosis.scene import (  # noqa: E402
@@ -242,3 +243,46 @@ def test_refuses_what_is_not_a_scan(runtime):
         volume_from_node(label)
     with pytest.raises(SceneError, match="scalar volume"):
         volume_from_node(None)
+
+
+def test_region_summary_from_label_map_and_segmentation(pushed):
+    rt, node, result, out, *_ = pushed
+    scene = rt.scene
+    rel = array_from_node(out.relevance)
+    labels = np.zeros(rel.shape, np.int16)
+    labels[20:60, 30:90, 20:60] = 1
+    labels[80:130, 60:120, 40:90] = 2
+    # a label map on a coarser, shifted grid: coarse voxel c sits at input voxel 2c + 0.5, so input voxel v
+    # falls nearest to coarse voxel v // 2 (no ties); the bridge resamples it onto the relevance grid
+    coarse = np.ascontiguousarray(labels[::2, ::2, ::2])
+    to_input = np.array([[2.0, 0, 0, 0.5], [0, 2.0, 0, 0.5], [0, 0, 2.0, 0.5], [0, 0, 0, 1]])
+    lab = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "regions")
+    import addiagnosis.scene as bridge
+
+    bridge._set_node_image(lab, coarse, node_ijk_to_ras(node) @ to_input)
+    before = node_count(scene)
+    table = bridge.region_summary(scene, node, lab)
+    assert node_count(scene) == before + 1
+    t = table.GetTable()
+    rows = {t.GetValue(r, 1).ToInt(): r for r in range(t.GetNumberOfRows())}
+    assert set(rows) == {1, 2}
+    pos_total = np.clip(rel, 0, None).sum(dtype=np.float64)
+    idx = np.indices(rel.shape) // 2
+    on_grid = coarse[idx[0], idx[1], idx[2]]
+    for label in (1, 2):
+        expect = on_grid == label
+        r = rows[label]
+        assert t.GetValue(r, 2).ToInt() == int(expect.sum())
+        assert t.GetValue(r, 3).ToDouble() == pytest.approx(float(rel[expect].sum(dtype=np.float64)), rel=1e-6)
+        assert t.GetValue(r, 5).ToDouble() == pytest.approx(
+            float(np.clip(rel[expect], 0, None).sum(dtype=np.float64) / pos_total), rel=1e-6)
+    # a segmentation made from the same label map gives one row per segment; re-running adds nothing
+    seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "segs")
+    seg.SetReferenceImageGeometryParameterFromVolumeNode(node)
+    assert slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(lab, seg)
+    before = node_count(scene)
+    table2 = bridge.region_summary(scene, node, seg)
+    assert table2 is table and node_count(scene) == before
+    assert table.GetTable().GetNumberOfRows() == 2
+    assert sum(table.GetTable().GetValue(r, 5).ToDouble() for r in range(2)) <= 1.0 + 1e-9
+    assert output_nodes(node)["regions"] is table

@@ -9,12 +9,13 @@ import pytest
 
 pytest.importorskip("slicer", reason="the slicer-core runtime is not installed (pip install '.[scene]')")
 
+from PIL import Image  # noqa: E402
+from scipy import ndimage  # noqa: E402
+
 from addiagnosis.engine import DiagnosisResult  # noqa: E402
 from addiagnosis.scene import SlicerRuntime, push_results  # noqa: E402
 from addiagnosis.views import SceneViews, egl_available, render_views  # noqa: E402
 from addiagnosis.volume import Volume  # noqa: E402
-from PIL import Image  # noqa: E402
-from scipy import ndimage  # noqa: E402
 
 OK, WHY = egl_available()
 pytestmark = pytest.mark.skipif(not OK, reason=f"no off-screen OpenGL (Mesa EGL) here: {WHY}")

@@ -17,11 +17,12 @@ os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "ADDiagnosis" / "Logic"))
 
+from PIL import Image, ImageDraw  # noqa: E402
+
 from addiagnosis import RESEARCH_USE  # noqa: E402
 from addiagnosis.engine import diagnose  # noqa: E402
 from addiagnosis.views import render_views  # noqa: E402
 from addiagnosis.volume import read_nifti  # noqa: E402
-from PIL import Image, ImageDraw  # noqa: E402
 
 RESOURCES = ROOT / "ADDiagnosis" / "Resources"
 
@@ -35,6 +36,7 @@ def bundled_example() -> Path | None:
 
 def fallback_case(tmp: Path):
     import torch
+
     from addiagnosis.model import ClassificationModel3D
     from addiagnosis.package import write_package
     from addiagnosis.synth import make_subject, subject_params

@@ -62,6 +62,7 @@ class SceneOutputs:
     table: object  # vtkMRMLTableNode
     chart: object  # vtkMRMLPlotChartNode
     series: object  # vtkMRMLPlotSeriesNode
+    regions: object | None = None  # vtkMRMLTableNode of relevance per region (region_summary), when asked
     display_range: dict = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -570,7 +571,7 @@ def output_nodes(input_node) -> dict:
     """The output nodes a previous push referenced from ``input_node`` (missing ones left out)."""
     out = {}
     for key, role in (("relevance", REF_RELEVANCE), ("table", REF_TABLE), ("chart", REF_CHART),
-                      ("series", REF_SERIES)):
+                      ("series", REF_SERIES), ("regions", "ADDiagnosis.regions")):
         node = _ref(input_node, role)
         if node is not None:
             out[key] = node
@@ -619,3 +620,108 @@ def diagnose_node(scene, input_node, package=None, method: str | None = None, ta
     outputs = push_results(scene, input_node, result, vr_logic=vr_logic, opacity=opacity,
                            top_percent=top_percent)
     return result, outputs
+
+
+REF_REGIONS = "ADDiagnosis.regions"
+
+
+def _labels_on_grid(scene, regions_node, relevance_node) -> tuple[np.ndarray, dict[int, str]]:
+    """Integer labels on the relevance grid (IJK order) and their names, from a label map or segmentation."""
+    if regions_node.IsA("vtkMRMLSegmentationNode"):
+        ids = vtk.vtkStringArray()
+        regions_node.GetSegmentation().GetSegmentIDs(ids)
+        names = {i + 1: regions_node.GetSegmentation().GetSegment(ids.GetValue(i)).GetName()
+                 for i in range(ids.GetNumberOfValues())}
+        temporary = _Undo(scene)  # the export adds a label map, a display node and a colour table
+        tmp = slicer.vtkMRMLLabelMapVolumeNode()
+        scene.AddNode(tmp)
+        try:  # segment i -> label i+1, resampled onto the relevance node's grid by Slicer itself
+            ok = slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
+                regions_node, ids, tmp, relevance_node)
+            if not ok:
+                raise SceneError(f"could not turn segmentation '{regions_node.GetName()}' into labels")
+            labels = np.array(array_from_node(tmp), copy=True)
+        finally:
+            temporary.rollback()
+        return labels, names
+    if regions_node.IsA("vtkMRMLScalarVolumeNode"):  # label map (or any integer volume)
+        from scipy import ndimage
+
+        src = array_from_node(regions_node)
+        rel_ijk_to_ras = node_ijk_to_ras(relevance_node)
+        lab_world = node_ijk_to_ras(regions_node)
+        to_world = parent_transform_to_world(regions_node)
+        if to_world is not None:
+            lab_world = to_world @ lab_world
+        rel_to_world = parent_transform_to_world(relevance_node)
+        if rel_to_world is not None:
+            rel_ijk_to_ras = rel_to_world @ rel_ijk_to_ras
+        shape = tuple(relevance_node.GetImageData().GetDimensions())
+        rel_to_lab = np.linalg.inv(lab_world) @ rel_ijk_to_ras
+        if src.shape == shape and np.allclose(rel_to_lab, np.eye(4), atol=1e-4):
+            labels = np.asarray(src)
+        else:
+            labels = ndimage.affine_transform(np.asarray(src), rel_to_lab[:3, :3], rel_to_lab[:3, 3],
+                                              output_shape=shape, order=0, mode="constant", cval=0)
+        labels = labels.astype(np.int64)
+        color = regions_node.GetDisplayNode().GetColorNode() if regions_node.GetDisplayNode() else None
+        names = {}
+        for v in np.unique(labels):
+            if v > 0:
+                name = color.GetColorName(int(v)) if color is not None else ""
+                names[int(v)] = name if name and name != "(none)" else f"label {int(v)}"
+        return labels, names
+    raise SceneError(f"regions must be a label map or a segmentation, got {regions_node.GetClassName()}")
+
+
+def region_summary(scene, input_node, regions_node, relevance_node=None):
+    """Relevance per region (sum, mean, share of the total positive relevance) as a table under the input.
+
+    ``regions_node``: a label map volume (any grid: resampled, nearest neighbour) or a segmentation.
+    Re-running updates the same table; a failure leaves the scene as it was.
+    """
+    relevance_node = relevance_node or _ref(input_node, REF_RELEVANCE)
+    if relevance_node is None:
+        raise SceneError(f"'{input_node.GetName()}' has no relevance yet: diagnose it first")
+    undo = _Undo(scene)
+    try:
+        labels, names = _labels_on_grid(scene, regions_node, relevance_node)
+        rel = array_from_node(relevance_node)
+        flat_l = np.ravel(labels, order="F")  # same voxel order for both (no copy for node arrays)
+        flat_r = np.ravel(rel, order="F")
+        n = int(flat_l.max(initial=0)) + 1
+        count = np.bincount(flat_l, minlength=n)
+        total = np.bincount(flat_l, weights=flat_r.astype(np.float64), minlength=n)
+        positive = np.bincount(flat_l, weights=np.clip(flat_r, 0, None).astype(np.float64), minlength=n)
+        all_pos = float(np.clip(flat_r, 0, None).sum(dtype=np.float64))
+        table = _ref(input_node, REF_REGIONS)
+        if table is None:
+            table = scene.AddNewNodeByClass("vtkMRMLTableNode", f"{input_node.GetName()} relevance by region")
+        table.SetAttribute(ROLE, "regions")
+        t = table.GetTable()
+        t.Initialize()
+        cols = {"Region": vtk.vtkStringArray(), "Label": vtk.vtkIntArray(), "Voxels": vtk.vtkIntArray(),
+                "Sum": vtk.vtkDoubleArray(), "Mean": vtk.vtkDoubleArray(), "Positive share": vtk.vtkDoubleArray()}
+        for name, arr in cols.items():
+            arr.SetName(name)
+        for label in sorted(names):
+            c = int(count[label]) if label < n else 0
+            cols["Region"].InsertNextValue(names[label])
+            cols["Label"].InsertNextValue(label)
+            cols["Voxels"].InsertNextValue(c)
+            cols["Sum"].InsertNextValue(float(total[label]) if c else 0.0)
+            cols["Mean"].InsertNextValue(float(total[label]) / c if c else 0.0)
+            cols["Positive share"].InsertNextValue(float(positive[label]) / all_pos if c and all_pos > 0 else 0.0)
+        for arr in cols.values():
+            t.AddColumn(arr)
+        table.SetColumnDescription("Positive share", "share of the total positive relevance inside the region")
+        table.SetLocked(True)
+        table.Modified()
+        _place_under(scene, input_node, [table])
+        old = input_node.GetNodeReferenceID(REF_REGIONS)
+        undo.actions.append(lambda o=old: input_node.SetNodeReferenceID(REF_REGIONS, o))
+        input_node.SetNodeReferenceID(REF_REGIONS, table.GetID())
+    except Exception:
+        undo.rollback()
+        raise
+    return table
