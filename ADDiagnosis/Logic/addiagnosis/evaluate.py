@@ -47,6 +47,20 @@ def _mean(vals):
     return float(np.mean(vals)) if vals else None
 
 
+def read_mask(path) -> tuple[np.ndarray, np.ndarray]:
+    """A ground-truth mask (label map: the scan reader refuses those on purpose) as bool + affine."""
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(path))
+        data = np.asarray(img.dataobj)
+    except Exception as exc:
+        raise AddiagnosisError(f"unreadable mask ({' '.join(str(exc).split())[:100]})", path) from None
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    return data > 0.5, img.affine
+
+
 def random_model_like(model, seed: int = 12345):
     """Same architecture, freshly initialised weights (the randomisation check)."""
     from .model import ClassificationModel3D
@@ -98,9 +112,8 @@ def evaluate(package, data, out=None, method: str = "lrp-alpha1beta0", target: s
         if prep.input_mask is not None:
             row["brain_share"] = share_inside(rel, prep.input_mask)
         if it.mask is not None and it.mask.exists():
-            mask_vol = read_nifti(it.mask)
-            mask = mask_vol.array > 0.5
-            if mask.shape != rel.shape:
+            mask, mask_aff = read_mask(it.mask)
+            if mask.shape != rel.shape or not np.allclose(mask_aff, vol.ijk_to_ras, atol=1e-3):
                 raise AddiagnosisError(f"mask grid {mask.shape} differs from the scan grid {rel.shape}", it.mask)
             if mask.any():
                 row["mask_voxels"] = int(mask.sum())

@@ -73,6 +73,18 @@ def _orientation_matrix(rng) -> np.ndarray:
     return m
 
 
+def _orientation_from_code(code: str) -> np.ndarray:
+    """'RAS', 'LPS', 'PIR', ...: the direction each storage axis points to."""
+    axes = {"R": (0, 1.0), "L": (0, -1.0), "A": (1, 1.0), "P": (1, -1.0), "S": (2, 1.0), "I": (2, -1.0)}
+    m = np.zeros((3, 3))
+    for col, ch in enumerate(str(code).upper()):
+        axis, sign = axes[ch]
+        m[axis, col] = sign
+    if sorted(np.abs(m).argmax(0)) != [0, 1, 2]:
+        raise AddiagnosisError(f"invalid orientation code {code!r}")
+    return m
+
+
 def _smooth_field(rng, shape, ctrl, amplitude) -> np.ndarray:
     """Random values on a coarse control grid, interpolated (trilinear, torch: fast) to ``shape``."""
     import torch
@@ -163,6 +175,10 @@ def make_subject(params: dict):
     scanner_from_mni[:3, :3] = R
     scanner_from_mni[:3, 3] = t + R @ np.array([0.0, -18.0, 18.0])  # brain centre near the scanner origin
     P = _orientation_matrix(rng)
+    if params.get("orientation") is not None:  # e.g. "LPS": storage axes, as a signed permutation
+        P = _orientation_from_code(params["orientation"])
+    if params.get("grid_rotation_deg") is not None:  # oblique acquisition grid
+        P = rotation(params["grid_rotation_deg"]) @ P
     spacing = np.asarray(params["spacing"])
     out_shape = np.maximum(np.round(np.abs(P.T) @ np.asarray(params["fov_mm"]) / spacing), 16).astype(int)
     out_aff = np.eye(4)

@@ -1,0 +1,90 @@
+"""Metrics on cases with a known answer, and the evaluate command end to end on a tiny package."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from addiagnosis import evaluate, metrics
+from addiagnosis.model import ClassificationModel3D
+from addiagnosis.package import write_package
+
+
+def test_confusion_balanced_accuracy_recall():
+    y = [0, 0, 0, 0, 1, 1, 2, 2]
+    p = [0, 0, 0, 1, 1, 1, 0, 2]
+    cm = metrics.confusion_matrix(y, p, 3)
+    assert cm.tolist() == [[3, 1, 0], [0, 2, 0], [1, 0, 1]]
+    assert metrics.per_class_recall(cm) == [0.75, 1.0, 0.5]
+    assert metrics.balanced_accuracy(y, p, 3) == pytest.approx(0.75)
+
+
+def test_calibration_error_known_values():
+    probs = np.array([[0.9, 0.1]] * 10)
+    y = np.array([0] * 9 + [1])  # 90 % confident, 90 % right
+    assert metrics.expected_calibration_error(probs, y) == pytest.approx(0.0, abs=1e-9)
+    y2 = np.array([0] * 5 + [1] * 5)  # 90 % confident, 50 % right
+    assert metrics.expected_calibration_error(probs, y2) == pytest.approx(0.4)
+
+
+def test_cn_vs_ad_and_report():
+    classes = ["CN", "EMCI", "MCI", "LMCI", "AD"]
+    probs = np.array([[0.6, 0.1, 0.1, 0.1, 0.1], [0.1, 0.1, 0.5, 0.1, 0.2], [0.3, 0.1, 0.1, 0.1, 0.4],
+                      [0.5, 0.1, 0.1, 0.1, 0.2]])
+    y = [0, 0, 4, 4]
+    rep = metrics.classification_report(probs, y, classes)
+    # CN: 0.6>0.1 right, 0.1<0.2 wrong; AD: 0.4>0.3 right, 0.2<0.5 wrong -> (0.5 + 0.5) / 2
+    assert rep["cn_vs_ad_balanced_accuracy"] == pytest.approx(0.5)
+    assert rep["accuracy"] == pytest.approx(0.5)
+
+
+def test_explanation_metrics_known_answers():
+    mask = np.zeros((10, 10, 10), bool)
+    mask[:5] = True
+    rel = np.zeros((10, 10, 10))
+    rel[2, 2, 2] = 3.0
+    rel[7, 7, 7] = 1.0
+    rel[8, 8, 8] = -5.0  # negative relevance is not counted as mass
+    assert metrics.relevance_mass_accuracy(rel, mask) == pytest.approx(0.75)
+    assert metrics.pointing_game(rel, mask) is True
+    assert metrics.pointing_game(-rel, mask) is False
+    ramp = np.arange(1000, dtype=float).reshape(10, 10, 10)
+    assert metrics.relevance_rank_accuracy(ramp, ~mask) == pytest.approx(1.0)
+    assert metrics.relevance_rank_accuracy(ramp, mask) == pytest.approx(0.0)
+    assert metrics.relevance_mass_accuracy(rel, np.zeros_like(mask)) is None
+    a = np.random.default_rng(0).normal(size=1000)
+    assert metrics.pearson(a, 2 * a + 1) == pytest.approx(1.0)
+    assert metrics.spearman(a, a ** 3) == pytest.approx(1.0)
+
+
+def test_evaluate_end_to_end(tmp_path):
+    grid = [80, 80, 80]
+    card = {"name": "tiny", "version": "0", "class_names": ["CN", "EMCI", "MCI", "LMCI", "AD"],
+            "input_grid": {"shape": grid, "spacing": [1.2] * 3, "orientation": "RAS"},
+            "preprocessing": {"kind": "physical", "centre": "fov"}, "intended_use": "test",
+            "training_data": "none"}
+    import torch
+
+    torch.manual_seed(0)
+    pkg = write_package(tmp_path / "pkg", ClassificationModel3D(grid, 5).state_dict(), card)
+    rows = ["participant_id\tclass\tscan\tmask"]
+    rng = np.random.default_rng(1)
+    for i, c in enumerate(["CN", "AD", "AD"]):
+        a = rng.normal(0.1, 0.02, (24, 24, 24)).astype(np.float32)
+        a[4:20, 4:20, 4:20] += 1.0
+        m = np.zeros(a.shape, np.uint8)
+        m[8:16, 8:16, 8:16] = 1
+        nib.save(nib.Nifti1Image(a, np.diag([4.0, 4.0, 4.0, 1.0])), str(tmp_path / f"s{i}.nii.gz"))
+        nib.save(nib.Nifti1Image(m, np.diag([4.0, 4.0, 4.0, 1.0])), str(tmp_path / f"s{i}_mask.nii.gz"))
+        rows.append(f"s{i}\t{c}\ts{i}.nii.gz\ts{i}_mask.nii.gz")
+    (tmp_path / "participants.tsv").write_text("\n".join(rows) + "\n")
+    res = evaluate.evaluate(pkg, tmp_path, tmp_path / "eval", randomisation_n=2, log=lambda m: None)
+    assert res["n_scans"] == 3
+    assert 0.0 <= res["explanation"]["per_class"]["AD"]["median_mass_accuracy"] <= 1.0
+    assert res["explanation"]["randomisation"]["n"] == 2
+    for f in ("metrics.json", "subjects.tsv", "confusion.png", "report.html", "example.png"):
+        assert (tmp_path / "eval" / f).exists(), f
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["package"] == "tiny"
