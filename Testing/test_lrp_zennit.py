@@ -124,3 +124,18 @@ def test_two_stage_pool_equals_max_pool3d_with_ties(k):
     got_v, got_i = _max_pool_planes(planes, k)
     assert torch.equal(got_v, want_v)
     assert torch.equal(got_i, want_i)
+
+
+def test_interleaved_forward_calls_do_not_mix_buffers():
+    """The engine re-uses scratch buffers; a cache from an earlier forward() must still be explained right."""
+    model = random_model(seed=11)
+    x1, x2 = _input(torch.float32, True, seed=21), _input(torch.float32, False, seed=22)
+    engine = FastLRP(model)
+    c1 = engine.forward(x1)
+    c2 = engine.forward(x2)
+    for method in ("lrp-alpha1beta0", "lrp-epsilon"):
+        got1, got2 = engine.relevance(c1, 2, method), engine.relevance(c2, 2, method)
+        fresh = FastLRP(model)
+        assert torch.equal(got1, fresh.relevance(fresh.forward(x1), 2, method)), method
+        fresh = FastLRP(model)
+        assert torch.equal(got2, fresh.relevance(fresh.forward(x2), 2, method)), method

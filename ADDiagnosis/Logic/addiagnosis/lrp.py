@@ -67,6 +67,8 @@ class ForwardCache:
     dense_in: torch.Tensor  # flattened features (1,F)
     hidden_pre: torch.Tensor  # dense_1 output before ReLU (1,128)
     logits: torch.Tensor  # (1,C)
+    input_has_negative: bool = False  # decides whether alpha-beta needs the x- w- terms at layer 1
+    generation: int = 0  # which forward() of the engine made this cache (scratch buffers are shared)
 
 
 class FastLRP:
@@ -79,6 +81,10 @@ class FastLRP:
         self.epsilon = float(epsilon)
         self.stabilizer = float(stabilizer)
         self.input_shape = tuple(model.input_shape)
+        # large scratch buffers kept between calls: re-faulting fresh pages cost more than the arithmetic
+        self._buffers: dict[str, torch.Tensor] = {}
+        self._generation = 0
+        self._planes_owner = -1  # generation whose depth-stacked input is in the "planes" buffer
         self.layers: list[_Layer] = []
         with torch.no_grad():
             for conv, bn, mp in model.blocks():
@@ -110,11 +116,15 @@ class FastLRP:
         x = x.to(self.device, self.dtype)
         a = x
         conv_inputs, pooled, indices, shapes = [], [], [], []
+        self._generation += 1
         for i, layer in enumerate(self.layers):
             conv_inputs.append(a)
             if i == 0 and _planar(a):
                 # single-channel first layer: batched 2D conv over depth, then a two-stage max-pool
-                z2d = _conv_single_channel_planes(a, layer.w, layer.b).relu_()
+                planes = self._depth_stack(a, layer.w.shape[2])
+                self._planes_owner = self._generation
+                z2d = F.conv2d(planes, layer.w[:, 0].contiguous(memory_format=torch.channels_last), layer.b)
+                z2d.relu_()
                 shapes.append((z2d.shape[0], *z2d.shape[2:]))
                 a, idx = _max_pool_planes(z2d, layer.pool)
                 del z2d
@@ -129,11 +139,39 @@ class FastLRP:
         d1, d2 = self.dense
         hidden = F.linear(flat, d1.w, d1.b)
         logits = F.linear(hidden.relu(), d2.w, d2.b)
-        return ForwardCache(x, conv_inputs, pooled, indices, shapes, flat, hidden, logits)
+        return ForwardCache(x, conv_inputs, pooled, indices, shapes, flat, hidden, logits,
+                            input_has_negative=bool(x.min() < 0), generation=self._generation)
 
-    def _conv(self, a, w, b, first=False):
+    def _buffer(self, key: str, shape, memory_format=torch.contiguous_format) -> torch.Tensor:
+        buf = self._buffers.get(key)
+        if buf is None or tuple(buf.shape) != tuple(shape) or not buf.is_contiguous(memory_format=memory_format):
+            buf = torch.empty(shape, dtype=self.dtype, device=self.device, memory_format=memory_format)
+            self._buffers[key] = buf
+        return buf
+
+    def _depth_stack(self, x, k):
+        """(1,1,D,H,W) -> (D-k+1, k, H, W) channels-last: the k depth neighbours of each output plane."""
+        vol = x[0, 0]
+        d_out = vol.shape[0] - k + 1
+        out = self._buffer("planes", (d_out, k, *vol.shape[1:]), torch.channels_last)
+        for t in range(k):
+            out[:, t].copy_(vol[t:t + d_out])
+        return out
+
+    def _unpool(self, values: torch.Tensor, idx: torch.Tensor, shape, key: str) -> torch.Tensor:
+        """Scatter pooled values back to the winning voxels (zeros elsewhere), into a re-used buffer."""
+        n, c = values.shape[:2]
+        out = self._buffer(key, (n, c, *shape), CL).zero_()
+        out.flatten(2).scatter_(2, idx.flatten(2), values.flatten(2))
+        return out
+
+    def _conv(self, a, w, b, first=False, planes=None):
         if first and _planar(a):
-            return _conv_single_channel(a, w, b)
+            if planes is None:
+                planes = self._depth_stack(a, w.shape[2])
+                self._planes_owner = -1  # may hold a clamped input, not any cache's
+            z2d = F.conv2d(planes, w[:, 0].contiguous(memory_format=torch.channels_last), b)
+            return z2d.permute(1, 0, 2, 3).unsqueeze(0)
         a = a.contiguous(memory_format=CL)
         if a.device.type == "cpu" and a.dtype == torch.float32 and _HAS_MKLDNN:
             # PyTorch's heuristic sends the small deep layers to its slow reference kernel (5-6x slower)
@@ -189,20 +227,21 @@ class FastLRP:
         if rule == "epsilon":
             # z at the winning voxels equals the pooled activation where it is > 0; elsewhere R = 0
             s = torch.where(a_pooled > 0, r_pooled / _stab(a_pooled, self.epsilon), 0.0)
-            s_full = _unpool(s, idx, shape)
+            s_full = self._unpool(s, idx, shape, f"unpool{i}")
             return a_in * self._conv_t(s_full, layer.w, a_in, first)
         if rule == "alphabeta":
             x_neg = None
-            if first and bool((a_in < 0).any()):
+            if first and cache.input_has_negative:
                 x_pos, x_neg = a_in.clamp(min=0), a_in.clamp(max=0)
                 z = self._conv(x_pos, layer.w_pos, layer.b_pos, first)
                 z += self._conv(x_neg, layer.w_neg, None, first)
             else:
                 x_pos = a_in
-                z = self._conv(a_in, layer.w_pos, layer.b_pos, first)
+                reuse = first and self._planes_owner == cache.generation
+                z = self._conv(a_in, layer.w_pos, layer.b_pos, first, planes=self._buffers["planes"] if reuse else None)
             z_win = z.flatten(2).gather(2, idx.flatten(2)).view_as(idx)
             del z
-            s_full = _unpool(r_pooled / _stab(z_win, self.stabilizer), idx, shape)
+            s_full = self._unpool(r_pooled / _stab(z_win, self.stabilizer), idx, shape, f"unpool{i}")
             out = x_pos * self._conv_t(s_full, layer.w_pos, a_in, first)
             if x_neg is not None:
                 out += x_neg * self._conv_t(s_full, layer.w_neg, a_in, first)
@@ -211,7 +250,7 @@ class FastLRP:
         g = r_pooled * (a_pooled > 0)
         if rule == "guided":
             g = g.clamp(min=0)
-        return self._conv_t(_unpool(g, idx, shape), layer.w, a_in, first)
+        return self._conv_t(self._unpool(g, idx, shape, f"unpool{i}"), layer.w, a_in, first)
 
     def _conv_t(self, s, w, like, first=False):
         if first and w.shape[1] == 1 and s.device.type == "cpu":
@@ -227,32 +266,8 @@ def _k(size) -> int:
     return size[0] if isinstance(size, (tuple, list)) else size
 
 
-def _unpool(values: torch.Tensor, idx: torch.Tensor, shape) -> torch.Tensor:
-    """Scatter pooled values back to the winning voxels (zeros elsewhere)."""
-    n, c = values.shape[:2]
-    out = torch.empty((n, c, *shape), dtype=values.dtype, device=values.device, memory_format=CL).zero_()
-    out.flatten(2).scatter_(2, idx.flatten(2), values.flatten(2))
-    return out
-
-
 def _planar(a: torch.Tensor) -> bool:
     return a.shape[1] == 1 and a.device.type == "cpu"
-
-
-def _conv_single_channel_planes(x, w, b):
-    """Conv3d with one input channel as a batched conv2d over depth (3x faster on CPU, same numbers).
-
-    Returns (D', C, H', W') channels-last, i.e. the memory of (1, C, D', H', W') in channels-last-3d.
-    """
-    k = w.shape[2]
-    vol = x[0, 0]
-    d_out = vol.shape[0] - k + 1
-    stack = torch.stack([vol[t:t + d_out] for t in range(k)], 1).contiguous(memory_format=torch.channels_last)
-    return F.conv2d(stack, w[:, 0].contiguous(memory_format=torch.channels_last), b)
-
-
-def _conv_single_channel(x, w, b):
-    return _conv_single_channel_planes(x, w, b).permute(1, 0, 2, 3).unsqueeze(0)
 
 
 def _max_pool_planes(z2d: torch.Tensor, k: int):
