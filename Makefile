@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv test lint demo bench clean
+.PHONY: venv test lint demo bench bench-scene clean
 
 venv: $(STAMP)
 
@@ -28,6 +28,9 @@ demo: venv
 
 bench: venv
 	$(BIN)/python scripts/benchmark.py
+
+bench-scene: venv
+	$(BIN)/python scripts/bench_scene.py
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache .ruff_cache
