@@ -298,6 +298,12 @@ def _ref(node, role: str):
     return target if target is not None and target.GetScene() is node.GetScene() else None
 
 
+def _ref_or_new(scene, input_node, role: str, class_name: str, name: str):
+    """The output node the input references for ``role``, or a new one (re-runs update, never pile up)."""
+    node = _ref(input_node, role)
+    return node if node is not None else scene.AddNewNodeByClass(class_name, name)
+
+
 def push_results(scene, input_node, result, *, opacity: float = DEFAULT_OPACITY, threshold: float | None = None,
                  top_percent: float = DEFAULT_TOP_PERCENT, vr_logic=None, volume_rendering: bool = True,
                  show_in_views: bool = True) -> SceneOutputs:
@@ -476,9 +482,7 @@ def _volume_rendering(vr_logic, rel_node, rng):
 
 def _probabilities(scene, input_node, result):
     name = input_node.GetName()
-    table = _ref(input_node, REF_TABLE)
-    if table is None:
-        table = scene.AddNewNodeByClass("vtkMRMLTableNode", f"{name} probabilities")
+    table = _ref_or_new(scene, input_node, REF_TABLE, "vtkMRMLTableNode", f"{name} probabilities")
     table.SetAttribute(ROLE, "probabilities")
     t = table.GetTable()
     t.Initialize()
@@ -500,9 +504,7 @@ def _probabilities(scene, input_node, result):
     table.SetLocked(True)
     table.Modified()
 
-    series = _ref(input_node, REF_SERIES)
-    if series is None:
-        series = scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", f"{name} probabilities")
+    series = _ref_or_new(scene, input_node, REF_SERIES, "vtkMRMLPlotSeriesNode", f"{name} probabilities")
     series.SetAndObserveTableNodeID(table.GetID())
     series.SetXColumnName("Index")
     series.SetYColumnName("Probability")
@@ -510,9 +512,7 @@ def _probabilities(scene, input_node, result):
     series.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeBar)
     series.SetColor(0.85, 0.3, 0.1)
 
-    chart = _ref(input_node, REF_CHART)
-    if chart is None:
-        chart = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", f"{name} diagnosis")
+    chart = _ref_or_new(scene, input_node, REF_CHART, "vtkMRMLPlotChartNode", f"{name} diagnosis")
     if chart.GetPlotSeriesNodeID() != series.GetID():
         chart.RemoveAllPlotSeriesNodeIDs()
         chart.AddAndObservePlotSeriesNodeID(series.GetID())
@@ -694,9 +694,8 @@ def region_summary(scene, input_node, regions_node, relevance_node=None):
         total = np.bincount(flat_l, weights=flat_r.astype(np.float64), minlength=n)
         positive = np.bincount(flat_l, weights=np.clip(flat_r, 0, None).astype(np.float64), minlength=n)
         all_pos = float(np.clip(flat_r, 0, None).sum(dtype=np.float64))
-        table = _ref(input_node, REF_REGIONS)
-        if table is None:
-            table = scene.AddNewNodeByClass("vtkMRMLTableNode", f"{input_node.GetName()} relevance by region")
+        table = _ref_or_new(scene, input_node, REF_REGIONS, "vtkMRMLTableNode",
+                            f"{input_node.GetName()} relevance by region")
         table.SetAttribute(ROLE, "regions")
         t = table.GetTable()
         t.Initialize()
