@@ -342,7 +342,7 @@ def train(data, out, *, seed: int = 0, epochs: int = 40, batch_size: int = 8, lr
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            losses.append(loss.item())
+            losses.append(loss.detach().item())
             if rank == 0 and (s + 1) % 10 == 0:
                 per_step = (time.time() - t_ep) / (s + 1)
                 left = per_step * (steps - s - 1) + per_step * steps * (epochs - ep)
