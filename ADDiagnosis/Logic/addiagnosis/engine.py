@@ -143,7 +143,7 @@ class Diagnoser:
         rel_in = prepared.to_input(rel_grid).astype(np.float32, copy=False)
         relevance = Volume(rel_in, volume.ijk_to_ras.copy(), f"{volume.name} relevance")
         timings["map_back"] = time.perf_counter() - t
-        summary = relevance_summary(rel_in, rel_grid, prepared.input_mask, volume)
+        summary = relevance_summary(rel_in, rel_grid, prepared.input_mask, volume, prepared.mask_name)
         note("done", 1.0)
         return DiagnosisResult(
             model_name=self.package.name, model_version=self.package.version, class_names=names,
@@ -174,7 +174,8 @@ def diagnose(volume: Volume, package: ModelPackage | str | None = None, method: 
     return get_diagnoser(package, device).run(volume, method, target, progress)
 
 
-def relevance_summary(rel: np.ndarray, rel_grid: np.ndarray, mask: np.ndarray | None, volume: Volume) -> dict:
+def relevance_summary(rel: np.ndarray, rel_grid: np.ndarray, mask: np.ndarray | None, volume: Volume,
+                      mask_name: str = "head") -> dict:
     pos = np.clip(rel, 0, None)
     pos_sum = float(pos.sum(dtype=np.float64))
     out = {
@@ -194,5 +195,6 @@ def relevance_summary(rel: np.ndarray, rel_grid: np.ndarray, mask: np.ndarray | 
         centre = top.mean(axis=0)
         out["top1pct_centroid_ras"] = [float(v) for v in (volume.ijk_to_ras @ np.append(centre, 1.0))[:3]]
         if mask is not None and mask.shape == rel.shape:
-            out["positive_fraction_in_head"] = float(pos[mask].sum(dtype=np.float64) / pos_sum)
+            # relevance outside the brain is a known failure mode of models trained on raw, skull-on scans
+            out[f"positive_fraction_in_{mask_name}"] = float(pos[mask].sum(dtype=np.float64) / pos_sum)
     return out

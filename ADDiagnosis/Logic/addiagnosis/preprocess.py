@@ -31,6 +31,7 @@ class Prepared:
     info: dict = field(default_factory=dict)  # every transform, as plain data (goes into report.json)
     grid_affine: np.ndarray | None = None  # model grid IJK->RAS (None for seed-raw)
     input_mask: np.ndarray | None = None  # head/brain mask on the input grid, when known
+    mask_name: str = "head"  # what input_mask outlines ("head" or "brain"), for the relevance summary
 
 
 Preprocessor = Callable[[Volume, dict, dict], Prepared]
