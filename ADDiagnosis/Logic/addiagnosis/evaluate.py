@@ -3,13 +3,15 @@
 Classification metrics (accuracy, balanced accuracy, per-class recall, confusion matrix, expected
 calibration error, CN-vs-AD balanced accuracy) on every scan of DATA (same layouts as ``train``), and, where
 DATA has ground-truth atrophy masks (``addiagnosis synth`` output), explanation metrics on the input grid:
-- relevance mass accuracy: share of the positive relevance inside the mask;
+- relevance mass accuracy: share of the positive relevance inside the mask (also within 2 mm and 4 mm of
+  it: one and two model-grid voxels, because a CNN sees a widened ventricle at the moved tissue boundary,
+  which lies just outside the tissue that changed);
 - relevance rank accuracy: of the K most relevant voxels (K = mask size), the share inside the mask;
 - pointing game: the most relevant voxel lies in the mask;
 - share of positive relevance inside the brain (template brain mask mapped onto the scan);
 - model parameter randomisation check (Adebayo et al. 2018): relevance maps of a network with the same
   architecture but random weights must differ from the trained ones (Pearson and Spearman correlation on
-  the model grid; the target is |r| < 0.3).
+  the model grid, inside the voxels where the input is non-zero; the target is |r| < 0.3).
 Relevance is computed for the subject's true class (``--target true``, default) or the predicted one.
 Writes ``metrics.json``, ``subjects.tsv``, ``confusion.png``, ``example.png`` and ``report.html``.
 """
@@ -45,6 +47,13 @@ def _median(vals):
 def _mean(vals):
     vals = [float(v) for v in vals if v is not None]
     return float(np.mean(vals)) if vals else None
+
+
+def _within_mm(mask: np.ndarray, spacing, mm: float) -> np.ndarray:
+    """Voxels within ``mm`` of the mask (tolerance of one or two model-grid voxels, 2 mm each)."""
+    from scipy import ndimage
+
+    return ndimage.distance_transform_edt(~mask, sampling=[float(s) for s in spacing]) <= mm
 
 
 def read_mask(path) -> tuple[np.ndarray, np.ndarray]:
@@ -92,7 +101,7 @@ def evaluate(package, data, out=None, method: str = "lrp-alpha1beta0", target: s
         raise AddiagnosisError(f"the data has classes the model does not know: {', '.join(unknown)}")
     t0 = time.time()
     rows, probs, ys = [], [], []
-    rand_r, rand_rho = [], []
+    rand_r, rand_rho, rand_full = [], [], []
     example = None
     for k, it in enumerate(items, 1):
         vol = read_nifti(it.path)
@@ -118,6 +127,10 @@ def evaluate(package, data, out=None, method: str = "lrp-alpha1beta0", target: s
             if mask.any():
                 row["mask_voxels"] = int(mask.sum())
                 row["mass_accuracy"] = relevance_mass_accuracy(rel, mask)
+                near2, near4 = _within_mm(mask, vol.spacing, 2.0), _within_mm(mask, vol.spacing, 4.0)
+                row["mass_accuracy_2mm"] = relevance_mass_accuracy(rel, near2)
+                row["mass_accuracy_4mm"] = relevance_mass_accuracy(rel, near4)
+                row["pointing_game_2mm"] = pointing_game(rel, near2)
                 row["rank_accuracy"] = relevance_rank_accuracy(rel, mask)
                 row["pointing_game"] = pointing_game(rel, mask)
                 if example is None and it.label == classes[-1]:
@@ -125,8 +138,14 @@ def evaluate(package, data, out=None, method: str = "lrp-alpha1beta0", target: s
         if rnd_engine is not None and len(rand_r) < randomisation_n and it.label != classes[0]:
             rc = rnd_engine.forward(prep.tensor)
             rr = rnd_engine.relevance(rc, tgt, method).float().numpy()
-            rand_r.append(pearson(rel_grid, rr))
-            rand_rho.append(spearman(np.abs(rel_grid), np.abs(rr)))
+            # inside the voxels where the input is not zero (skull-stripped brain): the zeros outside are
+            # identical in both maps by construction and would inflate any correlation
+            region = prep.tensor[0, 0].numpy() != 0
+            if region.sum() < 0.05 * region.size:
+                region = np.ones_like(region)
+            rand_r.append(pearson(rel_grid[region], rr[region]))
+            rand_rho.append(spearman(np.abs(rel_grid[region]), np.abs(rr[region])))
+            rand_full.append(pearson(rel_grid, rr))
         rows.append(row)
         probs.append(p)
         ys.append(y)
@@ -144,6 +163,10 @@ def evaluate(package, data, out=None, method: str = "lrp-alpha1beta0", target: s
             pc.update({
                 "median_mass_accuracy": _median([r.get("mass_accuracy") for r in sel]),
                 "median_rank_accuracy": _median([r.get("rank_accuracy") for r in sel]),
+                "median_mass_accuracy_within_2mm": _median([r.get("mass_accuracy_2mm") for r in sel]),
+                "median_mass_accuracy_within_4mm": _median([r.get("mass_accuracy_4mm") for r in sel]),
+                "pointing_game_within_2mm": _mean([r.get("pointing_game_2mm") for r in sel
+                                                   if "pointing_game_2mm" in r]),
                 "pointing_game": _mean([r.get("pointing_game") for r in sel if "pointing_game" in r]),
                 "median_mask_fraction_of_brain": None,
             })
@@ -157,6 +180,8 @@ def evaluate(package, data, out=None, method: str = "lrp-alpha1beta0", target: s
         expl["randomisation"] = {"n": len(rand_r), "pearson_r": [round(v, 4) for v in rand_r],
                                  "median_abs_pearson_r": float(np.median(np.abs(rand_r))),
                                  "median_spearman_abs": float(np.median(np.abs(rand_rho))),
+                                 "median_abs_pearson_r_whole_grid": float(np.median(np.abs(rand_full))),
+                                 "region": "voxels where the network input is non-zero (the brain)",
                                  "model": "same architecture, freshly initialised weights (seed 12345)"}
     corr = [r["registration_correlation"] for r in rows if r.get("registration_correlation") is not None]
     result = {"package": pkg.name, "package_version": pkg.version, "data": str(data), "n_scans": len(rows),
