@@ -322,7 +322,11 @@ def train(data, out, *, seed: int = 0, epochs: int = 40, batch_size: int = 8, lr
     run_t0 = time.time() - state["elapsed"]
     epoch_times = []
     stop_reason = "max epochs"
-    while state["epoch"] < epochs:
+    if state["bad_epochs"] >= patience:  # a finished run, resumed: write the package again, train no more
+        stop_reason = f"early stopping (no better validation balanced accuracy for {patience} epochs)"
+    elif budget is not None and state.get("stop", "").startswith("time budget"):
+        stop_reason = state["stop"]
+    while state["epoch"] < epochs and not stop_reason.startswith(("early", "time")):
         ep = state["epoch"] + 1
         gen = torch.Generator().manual_seed(seed * 100_003 + ep)
         order = torch.multinomial(weights, n_per_epoch, replacement=True, generator=gen)
@@ -368,6 +372,11 @@ def train(data, out, *, seed: int = 0, epochs: int = 40, batch_size: int = 8, lr
                                  "seconds": round(epoch_times[-1], 1)})
         say(f"epoch {ep}: train loss {np.mean(losses):.3f}, val balanced accuracy {bacc:.3f} "
             f"(best {state['best_bacc']:.3f} at epoch {state['best_epoch']}), {epoch_times[-1]:.0f} s")
+        if state["bad_epochs"] >= patience:
+            stop_reason = f"early stopping (no better validation balanced accuracy for {patience} epochs)"
+        elif budget is not None and state["elapsed"] + np.mean(epoch_times) > budget:
+            stop_reason = f"time budget ({max_minutes} min)"
+        state["stop"] = stop_reason
         if rank == 0:
             ckpt_dir.mkdir(parents=True, exist_ok=True)
             tmp = ckpt_dir / "last.pt.tmp"
@@ -375,11 +384,7 @@ def train(data, out, *, seed: int = 0, epochs: int = 40, batch_size: int = 8, lr
                         "state": json.dumps(state),
                         "config": _config(seed, grid, pre, classes, lr, batch_size, fractions)}, str(tmp))
             os.replace(tmp, ckpt)
-        if state["bad_epochs"] >= patience:
-            stop_reason = f"early stopping (no better validation balanced accuracy for {patience} epochs)"
-            break
-        if budget is not None and state["elapsed"] + np.mean(epoch_times) > budget:
-            stop_reason = f"time budget ({max_minutes} min)"
+        if stop_reason != "max epochs":
             break
     say(f"stopped: {stop_reason}; best epoch {state['best_epoch']} (val balanced accuracy "
         f"{state['best_bacc']:.3f})")
@@ -421,7 +426,16 @@ def train(data, out, *, seed: int = 0, epochs: int = 40, batch_size: int = 8, lr
     }
     if dataset is not None:
         card_out["synthetic"] = True
+        card_out["intended_use"] = (
+            "Demonstration only. Trained on SYNTHETIC data (MNI152-derived subjects with simulated atrophy); "
+            "it demonstrates the method (3D CNN + LRP, scored against known atrophy) and is NOT a diagnostic "
+            "device: its output on real MRI scans means nothing clinically. Research and teaching use only.")
+        card_out["limitations"] = (
+            "Synthetic atrophy (tissue loss in the medial temporal lobe, ventricular widening) is simpler "
+            "than real disease; real scans differ in contrast, anatomy and artefacts. No real patient was "
+            "used for training or testing.")
         card_out["notice"] = dataset.get("notice")
+        card_out["license_notice_template"] = "MNI ICBM152 2009a: see 'notice'"
     from .package import write_package
 
     write_package(out, model.state_dict(), card_out, overwrite=True)
