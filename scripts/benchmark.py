@@ -78,9 +78,9 @@ def worker(kind: str, method: str, scan: Path, pkg: Path, repeats: int) -> dict:
     fwd, lrp, total = [], [], []
     if kind == "ours":
         from addiagnosis.cli import main
-        from addiagnosis.lrp import FastLRP
+        from addiagnosis.engine import get_diagnoser
 
-        engine = FastLRP(model)
+        engine = get_diagnoser(str(pkg)).engine  # the very engine (and buffers) the CLI runs below re-use
         for _ in range(repeats + 1):
             t = time.perf_counter()
             cache = engine.forward(x)

@@ -187,11 +187,12 @@ def relevance_summary(rel: np.ndarray, rel_grid: np.ndarray, mask: np.ndarray | 
         "min": float(rel.min()),
     }
     if pos_sum > 0:
-        flat = pos.ravel()
-        k = max(1, flat.size // 100)
-        thr = float(np.partition(flat, flat.size - k)[flat.size - k])
+        # top 1 % of all voxels; partition only the positive values (introselect crawls on the many zeros)
+        k = max(1, rel.size // 100)
+        vals = pos[pos > 0]
+        thr = float(vals.min()) if vals.size <= k else float(np.partition(vals, vals.size - k)[vals.size - k])
         out["top1pct_threshold"] = thr
-        top = np.argwhere(pos >= thr) if thr > 0 else np.argwhere(pos > 0)
+        top = np.argwhere(pos >= thr)
         centre = top.mean(axis=0)
         out["top1pct_centroid_ras"] = [float(v) for v in (volume.ijk_to_ras @ np.append(centre, 1.0))[:3]]
         if mask is not None and mask.shape == rel.shape:
