@@ -348,6 +348,8 @@ class ADDiagnosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.probabilitiesLabel.text = "\n".join(lines)
         self.ui.resultsCollapsibleButton.collapsed = False
         self.ui.statusLabel.text = _("done in {s:.1f} s").format(s=sum(result.timings.values()))
+        if result.warnings:  # e.g. poor registration to the template: the result may not be trustworthy
+            self.ui.statusLabel.text += " - " + _("warning: ") + "; ".join(result.warnings)
 
     def _onOpacity(self, value):
         rel = self._parameterNode.relevanceVolume if self._parameterNode else None

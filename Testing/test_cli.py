@@ -190,3 +190,22 @@ def test_subprocess_exit_code_and_no_traceback(tmp_path, tiny_package):
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert str(bad) in proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_preprocessing_warnings_reach_report_and_stderr(tmp_path, capsys, scan, tiny_package, monkeypatch):
+    """A warning recorded by preprocessing (e.g. poor registration) is printed and lands in report.json."""
+    import addiagnosis.preprocess as pre
+
+    original = pre._REGISTRY["physical"]
+
+    def warn(volume, spec, grid):
+        prepared = original(volume, spec, grid)
+        prepared.info["warnings"] = ["registration looks poor (test)"]
+        return prepared
+
+    monkeypatch.setitem(pre._REGISTRY, "physical", warn)
+    out = tmp_path / "w"
+    code, _, err = run_cli(capsys, "diagnose", scan, "--model", tiny_package, "--out", out, "--no-figures")
+    assert code == 0
+    assert "addiagnosis: warning:" in err and "registration looks poor (test)" in err
+    assert json.loads((out / "report.json").read_text())["warnings"] == ["registration looks poor (test)"]

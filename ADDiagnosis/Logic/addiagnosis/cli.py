@@ -82,6 +82,8 @@ def cmd_diagnose(args) -> int:
 
     result = diagnoser.run(volume, method=args.method, target=args.target, progress=progress)
     timings.update(result.timings)
+    for warning in result.warnings:
+        print(f"addiagnosis: warning: {scan}: {warning}", file=sys.stderr)
 
     def views(out):
         if not args.views:

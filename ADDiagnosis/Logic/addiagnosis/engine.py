@@ -39,6 +39,7 @@ class DiagnosisResult:
     preprocessing: dict
     timings: dict = field(default_factory=dict)
     device: str = "cpu"
+    warnings: list[str] = field(default_factory=list)  # e.g. poor template registration
     research_use: str = RESEARCH_USE
 
     def report(self, input_volume: Volume | None = None, extra: dict | None = None) -> dict:
@@ -54,6 +55,7 @@ class DiagnosisResult:
             "preprocessing": self.preprocessing,
             "timings_s": {k: round(v, 4) for k, v in self.timings.items()},
             "device": self.device,
+            "warnings": list(self.warnings),
             "software": software_versions(),
         }
         if input_volume is not None:
@@ -150,6 +152,7 @@ class Diagnoser:
             logits=[float(v) for v in logits], probabilities={n: float(p) for n, p in zip(names, probs)},
             predicted=names[predicted], target=names[tgt], method=method, relevance=relevance,
             summary=summary, preprocessing=prepared.info, timings=timings, device=str(self.device),
+            warnings=[str(w) for w in prepared.info.get("warnings", [])],
         )
 
 
