@@ -348,6 +348,8 @@ class ADDiagnosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.probabilitiesLabel.text = "\n".join(lines)
         self.ui.resultsCollapsibleButton.collapsed = False
         self.ui.statusLabel.text = _("done in {s:.1f} s").format(s=sum(result.timings.values()))
+        if getattr(result, "model_notice", None):
+            self.ui.predictedLabel.text += "\n" + result.model_notice
         if result.warnings:  # e.g. poor registration to the template: the result may not be trustworthy
             self.ui.statusLabel.text += " - " + _("warning: ") + "; ".join(result.warnings)
 

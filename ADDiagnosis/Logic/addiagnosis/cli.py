@@ -129,6 +129,8 @@ def summary_text(report: dict, files: dict) -> str:
     lines.append(f"relevance ({report['method']}) for {report['target_class']} -> {files['relevance']}")
     lines.append(f"report -> {files['report']}" + (f", overview -> {files['overview']}" if "overview" in files else ""))
     lines.append(f"total {report['timings_s'].get('total', 0):.2f} s")
+    if report["model"].get("notice"):
+        lines.append(report["model"]["notice"])
     lines.append(RESEARCH_USE)
     return "\n".join(lines)
 

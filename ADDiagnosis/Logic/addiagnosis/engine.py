@@ -22,6 +22,7 @@ from .preprocess import prepare
 from .volume import Volume
 
 Progress = Callable[[str, float], None]
+SYNTHETIC_NOTICE = "Model trained on synthetic data: it demonstrates the method and says nothing about real patients."
 
 
 @dataclass
@@ -40,12 +41,15 @@ class DiagnosisResult:
     timings: dict = field(default_factory=dict)
     device: str = "cpu"
     warnings: list[str] = field(default_factory=list)  # e.g. poor template registration
+    model_notice: str | None = None  # e.g. "trained on synthetic data" (shown wherever the result is)
+    model_intended_use: str | None = None
     research_use: str = RESEARCH_USE
 
     def report(self, input_volume: Volume | None = None, extra: dict | None = None) -> dict:
         rep = {
             "research_use": self.research_use,
-            "model": {"name": self.model_name, "version": self.model_version, "class_names": self.class_names},
+            "model": {"name": self.model_name, "version": self.model_version, "class_names": self.class_names,
+                      "notice": self.model_notice, "intended_use": self.model_intended_use},
             "probabilities": self.probabilities,
             "logits": dict(zip(self.class_names, self.logits)),
             "predicted_class": self.predicted,
@@ -153,6 +157,8 @@ class Diagnoser:
             predicted=names[predicted], target=names[tgt], method=method, relevance=relevance,
             summary=summary, preprocessing=prepared.info, timings=timings, device=str(self.device),
             warnings=[str(w) for w in prepared.info.get("warnings", [])],
+            model_notice=SYNTHETIC_NOTICE if self.package.card.get("synthetic") else None,
+            model_intended_use=self.package.card.get("intended_use"),
         )
 
 

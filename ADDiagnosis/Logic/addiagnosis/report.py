@@ -115,7 +115,10 @@ def overview_png(volume: Volume, result, path: str | os.PathLike, n_cols: int = 
 
     # slices spread over the head (where the scan is bright), not over empty background
     head = scan > lo + 0.1 * (hi - lo)
-    extent = [np.flatnonzero(head.any(axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]
+    extent = []
+    for ax in range(3):  # slices holding a real share of the head (isolated bright noise voxels do not count)
+        counts = head.sum(axis=tuple(a for a in range(3) if a != ax))
+        extent.append(np.flatnonzero(counts > 0.05 * counts.max()))
     rows = [("axial", 2), ("coronal", 1), ("sagittal", 0)]
     fig, axes = plt.subplots(3, n_cols, figsize=(2.0 * n_cols, 6.6), facecolor="black")
     for r, (label, axis) in enumerate(rows):
@@ -139,7 +142,8 @@ def overview_png(volume: Volume, result, path: str | os.PathLike, n_cols: int = 
     probs = "  ".join(f"{k} {v:.2f}" for k, v in result.probabilities.items())
     fig.suptitle(f"Predicted {result.predicted} (p={result.probabilities[result.predicted]:.2f}); "
                  f"relevance for {result.target}, {result.method}\n{probs}", color="white", fontsize=9)
-    fig.text(0.5, 0.01, result.research_use, ha="center", color="#ffcc66", fontsize=7)
+    footer = result.research_use + (f"  {result.model_notice}" if getattr(result, "model_notice", None) else "")
+    fig.text(0.5, 0.01, footer, ha="center", color="#ffcc66", fontsize=7)
     sm = plt.cm.ScalarMappable(norm=norm, cmap=cmap)
     cax = fig.add_axes([0.92, 0.15, 0.015, 0.65])
     cb = fig.colorbar(sm, cax=cax)
