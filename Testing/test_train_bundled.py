@@ -39,4 +39,4 @@ def test_demo_on_the_bundled_example():
     assert np.allclose(res.relevance.ijk_to_ras, vol.ijk_to_ras)
     assert res.preprocessing["registration"]["quality"] == "good"
     assert res.predicted == "AD"
-    assert res.summary["positive_fraction_in_head"] > 0.9
+    assert res.summary["positive_fraction_in_brain"] > 0.9

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .errors import InputError
-from .preprocess import Prepared, normalise_percentiles, register, resample
+from .preprocess import Prepared, grid_affine, normalise_percentiles, register, resample
 from .template import LANDMARKS_MNI, atlas
 from .volume import Volume
 
@@ -144,20 +144,11 @@ def register_to_template(volume: Volume, iterations: int = 50, sampling: float =
     return mni_to_input, details
 
 
-def model_grid_affine(shape, spacing, centre_mni=DEFAULT_CENTRE_MNI) -> np.ndarray:
-    shape = np.asarray(shape, dtype=np.float64)
-    spacing = np.asarray(spacing, dtype=np.float64)
-    aff = np.eye(4)
-    aff[:3, :3] = np.diag(spacing)
-    aff[:3, 3] = np.asarray(centre_mni, dtype=np.float64) - spacing * (shape - 1) / 2.0
-    return aff
-
-
 @functools.lru_cache(maxsize=4)
 def template_on_grid(shape: tuple, spacing: tuple, centre: tuple) -> tuple[np.ndarray, np.ndarray]:
     """(template head T1, brain mask) resampled onto a model grid."""
     A = atlas()
-    g = model_grid_affine(shape, spacing, centre)
+    g = grid_affine(shape, spacing, centre)
     to_atlas = np.linalg.inv(A.affine) @ g
     head = resample(A.head, to_atlas, shape)
     brain = resample(A.brain.astype(np.float32), to_atlas, shape) > 0.5
@@ -181,7 +172,7 @@ def template(volume: Volume, spec: dict, grid: dict) -> Prepared:
     if volume.array.ndim != 3:
         raise InputError(f"template alignment needs a 3D scan, got shape {volume.array.shape}")
     mni_to_input, reg = register_to_template(volume, int(spec.get("iterations", 50)))
-    g_aff = model_grid_affine(shape, spacing, centre)
+    g_aff = grid_affine(shape, spacing, centre)
     grid_to_input = np.linalg.inv(volume.ijk_to_ras) @ mni_to_input @ g_aff
     data = resample(volume.array, grid_to_input, shape)
     tmpl, brain = template_on_grid(shape, spacing, centre)
@@ -218,4 +209,4 @@ def template(volume: Volume, spec: dict, grid: dict) -> Prepared:
             "grid_affine": g_aff.tolist(), "grid_to_input_ijk": grid_to_input.tolist(),
             "interpolation": "trilinear", "skull_strip": bool(spec.get("skull_strip", True)),
             "normalisation": norm_info, "warnings": warnings}
-    return Prepared(tensor, to_input, info, grid_affine=g_aff, input_mask=input_mask)
+    return Prepared(tensor, to_input, info, grid_affine=g_aff, input_mask=input_mask, mask_name="brain")
