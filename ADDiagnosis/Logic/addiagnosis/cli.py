@@ -100,7 +100,6 @@ def cmd_diagnose(args) -> int:
     timings["write"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
     # the final report carries the complete timings (write included)
-    report = json.loads((out_dir / "report.json").read_text())
     report["timings_s"] = {k: round(v, 4) for k, v in timings.items()}
     _write_json_atomic(out_dir / "report.json", report)
     progress("done", 1.0)

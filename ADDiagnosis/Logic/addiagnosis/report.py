@@ -79,8 +79,7 @@ def write_outputs(out_dir: str | os.PathLike, input_volume: Volume, result, repo
             if extra is not None:
                 files.update(extra(out))
             nifti.result()
-        report = dict(report)
-        report["files"] = files
+        report["files"] = files  # the caller's dict: it may rewrite the report with final timings
         out.path("report.json").write_text(json.dumps(report, indent=2) + "\n")
     return {k: out.out / v for k, v in files.items()}
 

@@ -65,6 +65,14 @@ class _View:
                 factory.RegisterDisplayableManager(name)
         self.group.Initialize(factory, self.renderer)
 
+    @staticmethod
+    def _attach(logic, runtime: SlicerRuntime, registry):
+        """Hook a slice/view logic to the application logic (which lists it in ``registry``) and the scene."""
+        logic.SetMRMLApplicationLogic(runtime.app_logic)
+        registry.AddItem(logic)
+        logic.SetMRMLScene(runtime.scene)
+        return logic
+
     def png(self, path: Path) -> Path:
         self.window.Render()
         grab = vtk.vtkWindowToImageFilter()
@@ -89,10 +97,7 @@ class SliceView(_View):
         super().__init__(runtime, slicer.vtkMRMLSliceViewDisplayableManagerFactory.GetInstance(),
                          SLICE_MANAGERS, size)
         self.renderer.GetActiveCamera().ParallelProjectionOn()
-        self.logic = slicer.vtkMRMLSliceLogic()
-        self.logic.SetMRMLApplicationLogic(runtime.app_logic)
-        runtime.app_logic.GetSliceLogics().AddItem(self.logic)
-        self.logic.SetMRMLScene(runtime.scene)
+        self.logic = self._attach(slicer.vtkMRMLSliceLogic(), runtime, runtime.app_logic.GetSliceLogics())
         self.node = self.logic.AddSliceNode(name)
         self.node.SetOrientation(orientation)
         self.group.SetMRMLDisplayableNode(self.node)
@@ -123,10 +128,7 @@ class ThreeDView(_View):
     def __init__(self, runtime: SlicerRuntime, name: str = "1", size=(512, 512)):
         super().__init__(runtime, slicer.vtkMRMLThreeDViewDisplayableManagerFactory.GetInstance(),
                          THREED_MANAGERS, size)
-        self.logic = slicer.vtkMRMLViewLogic()
-        self.logic.SetMRMLApplicationLogic(runtime.app_logic)
-        runtime.app_logic.GetViewLogics().AddItem(self.logic)
-        self.logic.SetMRMLScene(runtime.scene)
+        self.logic = self._attach(slicer.vtkMRMLViewLogic(), runtime, runtime.app_logic.GetViewLogics())
         self.node = self.logic.AddViewNode(name)
         self.node.SetBoxVisible(False)
         self.node.SetAxisLabelsVisible(False)
