@@ -209,3 +209,30 @@ def test_preprocessing_warnings_reach_report_and_stderr(tmp_path, capsys, scan, 
     assert code == 0
     assert "addiagnosis: warning:" in err and "registration looks poor (test)" in err
     assert json.loads((out / "report.json").read_text())["warnings"] == ["registration looks poor (test)"]
+
+
+def test_overview_shows_overlay_only_where_relevance_is(tmp_path):
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from addiagnosis.report import overview_png
+    from addiagnosis.volume import Volume
+
+    arr, aff = make_scan("oblique-aniso")
+    vol = Volume(arr.astype(np.float32), aff)
+
+    def render(rel, name):
+        res = SimpleNamespace(relevance=vol.like(rel), probabilities={"CN": 0.4, "AD": 0.6}, predicted="AD",
+                              target="AD", method="lrp-alpha1beta0", research_use=RESEARCH_USE, model_notice=None)
+        overview_png(vol, res, tmp_path / name)
+        img = np.asarray(Image.open(tmp_path / name).convert("RGB")).astype(int)
+        tiles = img[52:-26, : 5 * 170]  # the mosaic, without title, footer and colour bar
+        return int(((tiles[..., 0] - tiles[..., 2]) > 60).sum())  # warm (red/yellow) pixels
+
+    zero = np.zeros(vol.shape, np.float32)
+    c = np.array(vol.shape) // 2
+    ii, jj, kk = np.meshgrid(*[np.arange(n) - cc for n, cc in zip(vol.shape, c)], indexing="ij")
+    blob = np.exp(-(ii ** 2 + jj ** 2 + kk ** 2) / (2 * 12.0 ** 2)).astype(np.float32)  # graded: red to white
+    assert render(zero, "zero.png") == 0
+    assert render(blob, "blob.png") > 500

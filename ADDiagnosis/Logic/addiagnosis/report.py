@@ -85,32 +85,41 @@ def write_outputs(out_dir: str | os.PathLike, input_volume: Volume, result, repo
 
 
 # ------------------------------------------------------------------------------------- overview
-def _canonical(volume: Volume, array: np.ndarray) -> np.ndarray:
-    """The array reoriented to the closest RAS axes (display only)."""
+def _font(size: int):
+    """DejaVu Sans from matplotlib's data (always installed with it), else PIL's built-in font."""
+    import matplotlib
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.truetype(os.path.join(matplotlib.get_data_path(), "fonts", "ttf", "DejaVuSans.ttf"), size)
+    except OSError:
+        return ImageFont.load_default()
+
+
+def overview_png(volume: Volume, result, path: str | os.PathLike, n_cols: int = 5, tile: int = 170) -> None:
+    """Slice mosaic (axial, coronal, sagittal rows) of the scan with relevance overlaid and a colour bar.
+
+    Composed with numpy and PIL (matplotlib only for its colour maps and font): about 4x faster than a
+    matplotlib figure, which mattered because the overview is drawn on every diagnosis.
+    """
+    import matplotlib
     import nibabel as nib
+    from PIL import Image, ImageDraw
 
     ornt = nib.orientations.io_orientation(volume.ijk_to_ras)
-    return nib.orientations.apply_orientation(array, ornt)
-
-
-def overview_png(volume: Volume, result, path: str | os.PathLike, n_cols: int = 5) -> None:
-    """Slice mosaic (axial, coronal, sagittal rows) of the scan with relevance overlaid and a colour bar."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib import colors
-
-    scan = _canonical(volume, volume.array)
-    rel = _canonical(volume, result.relevance.array)
+    scan = nib.orientations.apply_orientation(volume.array, ornt)  # closest RAS axes (display only)
+    rel = nib.orientations.apply_orientation(result.relevance.array, ornt)
+    spacing = np.empty(3)
+    spacing[ornt[:, 0].astype(int)] = volume.spacing
     absr = np.abs(rel)
     nonzero = absr[absr > 0]
     vmax = float(np.percentile(nonzero[:: max(1, nonzero.size // 1_000_000)], 99.9)) if nonzero.size else 1.0
     vmax = vmax or 1.0
     has_neg = float(np.clip(-rel, 0, None).sum()) > 0.05 * float(absr.sum() or 1)
-    cmap = plt.get_cmap("coolwarm" if has_neg else "hot")
-    norm = colors.Normalize(-vmax if has_neg else 0.0, vmax)
-    lo, hi = np.percentile(scan[:: 3, :: 3, :: 3], [1, 99.5])
+    lut = (matplotlib.colormaps["coolwarm" if has_neg else "hot"](np.linspace(0, 1, 256))[:, :3] * 255)
+    vmin = -vmax if has_neg else 0.0
+    lo, hi = (float(v) for v in np.percentile(scan[:: 3, :: 3, :: 3], [1, 99.5]))
+    hi = hi if hi > lo else lo + 1.0
 
     # slices spread over the head (where the scan is bright), not over empty background
     head = scan > lo + 0.1 * (hi - lo)
@@ -118,36 +127,50 @@ def overview_png(volume: Volume, result, path: str | os.PathLike, n_cols: int = 
     for ax in range(3):  # slices holding a real share of the head (isolated bright noise voxels do not count)
         counts = head.sum(axis=tuple(a for a in range(3) if a != ax))
         extent.append(np.flatnonzero(counts > 0.05 * counts.max()))
-    rows = [("axial", 2), ("coronal", 1), ("sagittal", 0)]
-    fig, axes = plt.subplots(3, n_cols, figsize=(2.0 * n_cols, 6.6), facecolor="black")
-    for r, (label, axis) in enumerate(rows):
+
+    top, label_h, footer_h, bar_w = 52, 16, 26, 80
+    canvas = Image.new("RGB", (n_cols * tile + bar_w, top + 3 * (tile + label_h) + footer_h), "black")
+    draw = ImageDraw.Draw(canvas)
+    small, normal = _font(11), _font(13)
+    rows = [("axial", 2, (0, 1)), ("coronal", 1, (0, 2)), ("sagittal", 0, (1, 2))]
+    for r, (label, axis, (ax_x, ax_y)) in enumerate(rows):
         first, last = (extent[axis][0], extent[axis][-1]) if len(extent[axis]) else (0, scan.shape[axis] - 1)
         picks = np.unique(np.round(np.linspace(first, last, n_cols + 2)[1:-1]).astype(int))
-        for c in range(n_cols):
-            ax = axes[r, c]
-            ax.set_axis_off()
-            if c >= len(picks):
-                continue
+        for c, pick in enumerate(picks[:n_cols]):
             idx = [slice(None)] * 3
-            idx[axis] = int(picks[c])
-            s = scan[tuple(idx)].T  # basic slicing: a view (np.take copied the whole volume)
-            rr = rel[tuple(idx)].T
-            ax.imshow(s, cmap="gray", vmin=lo, vmax=hi, origin="lower", interpolation="nearest")
-            rgba = cmap(norm(rr))
-            rgba[..., 3] = np.clip(np.abs(rr) / vmax, 0, 1) ** 0.5 * 0.85
-            rgba[np.abs(rr) < 0.02 * vmax, 3] = 0
-            ax.imshow(rgba, origin="lower", interpolation="nearest")
-            ax.set_title(f"{label} {picks[c]}", color="white", fontsize=7)
+            idx[axis] = int(pick)
+            s2 = scan[tuple(idx)].T[::-1]  # rows: superior/anterior up; columns: patient's right to the right
+            r2 = rel[tuple(idx)].T[::-1]
+            gray = np.clip((s2 - lo) / (hi - lo), 0, 1)[..., None] * 255.0
+            colour = lut[np.clip((r2 - vmin) / (vmax - vmin) * 255, 0, 255).astype(np.uint8)]
+            alpha = np.clip(np.abs(r2) / vmax, 0, 1) ** 0.5 * 0.85
+            alpha[np.abs(r2) < 0.02 * vmax] = 0
+            rgb = (gray * (1 - alpha[..., None]) + colour * alpha[..., None]).astype(np.uint8)
+            w_mm, h_mm = s2.shape[1] * spacing[ax_x], s2.shape[0] * spacing[ax_y]
+            scale = (tile - 6) / max(w_mm, h_mm)
+            size = (max(1, round(w_mm * scale)), max(1, round(h_mm * scale)))
+            img = Image.fromarray(np.ascontiguousarray(rgb)).resize(size, Image.BILINEAR)
+            x0 = c * tile + (tile - size[0]) // 2
+            y0 = top + r * (tile + label_h) + label_h + (tile - size[1]) // 2
+            canvas.paste(img, (x0, y0))
+            draw.text((c * tile + tile // 2, top + r * (tile + label_h)), f"{label} {pick}", fill="white",
+                      font=small, anchor="mt")
+
     probs = "  ".join(f"{k} {v:.2f}" for k, v in result.probabilities.items())
-    fig.suptitle(f"Predicted {result.predicted} (p={result.probabilities[result.predicted]:.2f}); "
-                 f"relevance for {result.target}, {result.method}\n{probs}", color="white", fontsize=9)
+    width = canvas.size[0]
+    draw.text((width // 2, 6), f"Predicted {result.predicted} (p={result.probabilities[result.predicted]:.2f}); "
+              f"relevance for {result.target}, {result.method}", fill="white", font=normal, anchor="mt")
+    draw.text((width // 2, 26), probs, fill="white", font=normal, anchor="mt")
     footer = result.research_use + (f"  {result.model_notice}" if getattr(result, "model_notice", None) else "")
-    fig.text(0.5, 0.01, footer, ha="center", color="#ffcc66", fontsize=7)
-    sm = plt.cm.ScalarMappable(norm=norm, cmap=cmap)
-    cax = fig.add_axes([0.92, 0.15, 0.015, 0.65])
-    cb = fig.colorbar(sm, cax=cax)
-    cb.set_label("relevance", color="white", fontsize=7)
-    cb.ax.tick_params(colors="white", labelsize=6)
-    fig.subplots_adjust(left=0.01, right=0.9, top=0.88, bottom=0.05, wspace=0.03, hspace=0.15)
-    fig.savefig(path, dpi=90, facecolor="black")
-    plt.close(fig)
+    draw.text((width // 2, canvas.size[1] - 18), footer, fill="#ffcc66", font=small, anchor="mt")
+
+    # colour bar: top = vmax
+    bar_x, bar_y, bar_h = n_cols * tile + 14, top + label_h + 10, 3 * (tile + label_h) - 60
+    ramp = lut[np.linspace(255, 0, bar_h).astype(int)][:, None, :].repeat(14, axis=1).astype(np.uint8)
+    canvas.paste(Image.fromarray(ramp), (bar_x, bar_y))
+    for frac, value in ((0.0, vmax), (0.5, (vmax + vmin) / 2), (1.0, vmin)):
+        y = bar_y + round(frac * (bar_h - 1))
+        draw.line([(bar_x + 14, y), (bar_x + 18, y)], fill="white")
+        draw.text((bar_x + 21, y), f"{value:.2g}", fill="white", font=small, anchor="lm")
+    draw.text((bar_x, bar_y + bar_h + 8), "relevance", fill="white", font=small)
+    canvas.save(path, format="PNG")
