@@ -236,3 +236,29 @@ def test_overview_shows_overlay_only_where_relevance_is(tmp_path):
     blob = np.exp(-(ii ** 2 + jj ** 2 + kk ** 2) / (2 * 12.0 ** 2)).astype(np.float32)  # graded: red to white
     assert render(zero, "zero.png") == 0
     assert render(blob, "blob.png") > 500
+
+
+def test_batch_cohort_with_one_bad_scan(tmp_path, capsys, tiny_package):
+    import csv
+
+    good1 = save_nifti(tmp_path / "sub-01.nii.gz", *make_scan("ras-1mm", noise_seed=1))
+    save_nifti(tmp_path / "sub-02.nii.gz", *make_scan("lps-stored", noise_seed=2))  # listed in scans.txt
+    bad = tmp_path / "sub-03.nii.gz"
+    bad.write_bytes(b"not an image")
+    listing = tmp_path / "scans.txt"
+    listing.write_text("sub-02.nii.gz\nsub-03.nii.gz\n")
+    out = tmp_path / "cohort"
+    code, stdout, err = run_cli(capsys, "batch", good1, "--list", listing, "--model", tiny_package, "--out", out,
+                                "--no-figures", "-q")
+    assert code == 2  # one scan failed: the cohort ran, the exit code says so
+    assert err.count("addiagnosis: error:") == 1 and str(bad) in err
+    assert "2 of 3 scans diagnosed" in stdout and RESEARCH_USE in stdout
+    rows = list(csv.DictReader(open(out / "summary.tsv"), delimiter="\t"))
+    assert [r["status"] for r in rows] == ["ok", "ok", "error"]
+    assert sorted(p.name for p in out.iterdir()) == ["sub-01", "sub-02", "summary.tsv"]
+    for row in rows[:2]:
+        report = json.loads((out / row["output"] / "report.json").read_text())
+        assert row["predicted"] == report["predicted_class"]
+        for c in CLASSES:
+            assert float(row[f"p_{c}"]) == pytest.approx(report["probabilities"][c], abs=1e-6)
+        assert (out / row["output"] / "relevance.nii.gz").is_file()

@@ -57,11 +57,9 @@ def file_sha256(path: Path) -> str:
 # ------------------------------------------------------------------------------------------ diagnose
 def cmd_diagnose(args) -> int:
     from .engine import get_diagnoser
-    from .report import AtomicOutputDir, write_outputs
-    from .volume import read_nifti
+    from .report import AtomicOutputDir
 
     progress = Progress(args.progress or (sys.stderr.isatty() and not args.quiet))
-    timings = {}
     scan = Path(args.scan) if args.scan else default_scan()
     out_dir = Path(args.out)
     # fail on an unusable output directory before any expensive work
@@ -72,8 +70,20 @@ def cmd_diagnose(args) -> int:
     diagnoser = get_diagnoser(args.model, args.device)
     if args.target:
         diagnoser.package.class_index(args.target)
-    timings["load_model"] = time.perf_counter() - t0
+    report, files = diagnose_scan(diagnoser, scan, out_dir, args, progress, t0)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(summary_text(report, files))
+    return 0
 
+
+def diagnose_scan(diagnoser, scan: Path, out_dir: Path, args, progress, t0: float) -> tuple[dict, dict]:
+    """Read one scan, diagnose it, write its outputs into out_dir; returns (report, files)."""
+    from .report import write_outputs
+    from .volume import read_nifti
+
+    timings = {"load_model": time.perf_counter() - t0}
     t = time.perf_counter()
     progress("reading scan", 0.05)
     volume = read_nifti(scan)
@@ -103,12 +113,65 @@ def cmd_diagnose(args) -> int:
     report["timings_s"] = {k: round(v, 4) for k, v in timings.items()}
     _write_json_atomic(out_dir / "report.json", report)
     progress("done", 1.0)
+    return report, files
 
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print(summary_text(report, files))
-    return 0
+
+def cmd_batch(args) -> int:
+    """Diagnose many scans in one process (model loaded once); one bad scan does not stop the cohort."""
+    import csv
+
+    from .engine import get_diagnoser
+    from .report import AtomicOutputDir
+
+    scans = [Path(p) for p in args.scans]
+    if args.list:
+        try:
+            lines = Path(args.list).read_text().splitlines()
+        except OSError as exc:
+            raise InputError(f"cannot read the scan list ({exc.strerror or exc})", args.list) from None
+        base = Path(args.list).parent
+        scans += [p if p.is_absolute() else base / p for p in (Path(x.strip()) for x in lines if x.strip())]
+    if not scans:
+        raise InputError("no scans given (list them, or give --list FILE with one path per line)")
+    out_root = Path(args.out)
+    with AtomicOutputDir(out_root):
+        pass
+    diagnoser = get_diagnoser(args.model, args.device)
+    if args.target:
+        diagnoser.package.class_index(args.target)
+    names = diagnoser.package.class_names
+    progress = Progress(False)
+    rows, failed, seen = [], 0, set()
+    t_all = time.perf_counter()
+    for n, scan in enumerate(scans, 1):
+        stem = scan.name.removesuffix(".gz").removesuffix(".nii")
+        key = stem if stem not in seen else f"{stem}-{n}"
+        seen.add(key)
+        t0 = time.perf_counter()
+        try:
+            report, _ = diagnose_scan(diagnoser, scan, out_root / key, args, progress, t0)
+        except AddiagnosisError as exc:
+            failed += 1
+            print(f"addiagnosis: error: {exc}", file=sys.stderr)
+            rows.append({"scan": str(scan), "output": "", "status": "error", "error": exc.problem})
+            continue
+        rows.append({"scan": str(scan), "output": key, "status": "ok", "predicted": report["predicted_class"],
+                     **{f"p_{c}": f"{report['probabilities'][c]:.6f}" for c in names},
+                     "seconds": f"{report['timings_s']['total']:.3f}"})
+        if not args.quiet:
+            print(f"[{n}/{len(scans)}] {scan.name}: {report['predicted_class']} "
+                  f"(p={report['probabilities'][report['predicted_class']]:.3f})", file=sys.stderr)
+    fields = ["scan", "output", "status", "predicted", *[f"p_{c}" for c in names], "seconds", "error"]
+    tmp = out_root / ".summary.tsv.tmp"
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields, delimiter="\t", restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(out_root / "summary.tsv")
+    print(f"{len(scans) - failed} of {len(scans)} scans diagnosed in {time.perf_counter() - t_all:.1f} s "
+          f"-> {out_root / 'summary.tsv'}")
+    print(RESEARCH_USE)
+    return EXIT_USER_ERROR if failed else 0
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:
@@ -183,6 +246,19 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--progress", action="store_true", help="show progress even when stderr is not a terminal")
     d.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     d.set_defaults(func=cmd_diagnose)
+
+    b = sub.add_parser("batch", help="diagnose a cohort: one output folder per scan plus summary.tsv")
+    b.add_argument("scans", nargs="*", help=".nii/.nii.gz scans")
+    b.add_argument("--list", help="a text file with one scan path per line (relative to the file)")
+    b.add_argument("--model", help="model package name or folder (default: the bundled model)")
+    b.add_argument("--method", default=DEFAULT_METHOD, choices=list(METHODS))
+    b.add_argument("--target", help="class to explain (default: each scan's predicted class)")
+    b.add_argument("--out", default="addiagnosis-batch", help="output folder (default ./addiagnosis-batch)")
+    b.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    b.add_argument("--views", action="store_true", help="also render Slicer's views for each scan")
+    b.add_argument("--no-figures", action="store_true", help="skip overview.png")
+    b.add_argument("-q", "--quiet", action="store_true", help="no per-scan lines")
+    b.set_defaults(func=cmd_batch)
 
     m = sub.add_parser("models", help="list installed model packages")
     m.add_argument("--json", action="store_true")
