@@ -1,4 +1,4 @@
-"""Command line: ``addiagnosis diagnose | models | import-checkpoint`` (+ synth/train/evaluate when present).
+"""Command line: ``addiagnosis diagnose | batch | models | import-checkpoint`` (+ synth/train/evaluate).
 
 User errors print one line on stderr (``addiagnosis: error: FILE: problem``) and exit with code 2;
 nothing half-written is left behind.
@@ -7,7 +7,6 @@ nothing half-written is left behind.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib
 import json
 import sys
@@ -17,6 +16,7 @@ from pathlib import Path
 from . import RESEARCH_USE, __version__
 from .errors import AddiagnosisError, InputError
 from .lrp import DEFAULT_METHOD, METHODS
+from .package import sha256_file
 
 EXIT_USER_ERROR = 2
 PLUGIN_COMMANDS = ("synth", "train", "evaluate")
@@ -44,14 +44,6 @@ def default_scan() -> Path:
     if not scans:
         raise InputError("no SCAN given and no bundled example scan found", SAMPLE_DIR)
     return scans[0]
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # ------------------------------------------------------------------------------------------ diagnose
@@ -87,7 +79,7 @@ def diagnose_scan(diagnoser, scan: Path, out_dir: Path, args, progress, t0: floa
     t = time.perf_counter()
     progress("reading scan", 0.05)
     volume = read_nifti(scan)
-    volume.meta["sha256"] = file_sha256(scan)
+    volume.meta["sha256"] = sha256_file(scan)
     timings["read"] = time.perf_counter() - t
 
     result = diagnoser.run(volume, method=args.method, target=args.target, progress=progress)
