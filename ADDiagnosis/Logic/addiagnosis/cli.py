@@ -114,6 +114,7 @@ def cmd_batch(args) -> int:
 
     from .engine import get_diagnoser
     from .report import AtomicOutputDir
+    from .volume import scan_stem
 
     scans = [Path(p) for p in args.scans]
     if args.list:
@@ -136,7 +137,7 @@ def cmd_batch(args) -> int:
     rows, failed, seen = [], 0, set()
     t_all = time.perf_counter()
     for n, scan in enumerate(scans, 1):
-        stem = scan.name.removesuffix(".gz").removesuffix(".nii")
+        stem = scan_stem(scan)
         key = stem if stem not in seen else f"{stem}-{n}"
         seen.add(key)
         t0 = time.perf_counter()

@@ -113,7 +113,7 @@ def read_nifti(path: str | os.PathLike, name: str | None = None) -> Volume:
         while raw.ndim > 3 and raw.shape[-1] == 1:
             raw = raw[..., 0]
     check_array(data, path, raw_integer=raw if raw is not None and raw.dtype.kind in "iu" else None)
-    vol = Volume(data, img.affine, name or _stem(path))
+    vol = Volume(data, img.affine, name or scan_stem(path))
     vol.meta["source"] = str(path)
     return vol
 
@@ -197,7 +197,8 @@ def write_nifti(volume: Volume, path: str | os.PathLike, description: str = "ADD
         raise OutputError(f"cannot write ({exc.strerror or exc})", path) from None
 
 
-def _stem(path: Path) -> str:
+def scan_stem(path: Path) -> str:
+    """The file name without .nii/.nii.gz (the scan's name in reports and output folders)."""
     name = path.name
     for ext in (".nii.gz", ".nii"):
         if name.endswith(ext):
