@@ -80,7 +80,8 @@ def main() -> None:
     draw = ImageDraw.Draw(sheet)
     draw.text((8, 2 * h + 6), f"Predicted {result.predicted}; relevance of {result.target} ({result.method}); "
               f"{note}", fill=(235, 235, 235))
-    draw.text((8, 2 * h + 24), RESEARCH_USE, fill=(255, 190, 90))
+    draw.text((8, 2 * h + 24), RESEARCH_USE + (f"  {result.model_notice}" if result.model_notice else ""),
+              fill=(255, 190, 90))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(out, optimize=True)
