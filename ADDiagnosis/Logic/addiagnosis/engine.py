@@ -17,6 +17,7 @@ import torch
 from . import RESEARCH_USE, __version__
 from .errors import AddiagnosisError, ModelError
 from .lrp import DEFAULT_METHOD, METHODS, FastLRP
+from .metrics import share_inside
 from .package import ModelPackage, find_package
 from .preprocess import prepare
 from .volume import Volume
@@ -206,5 +207,5 @@ def relevance_summary(rel: np.ndarray, rel_grid: np.ndarray, mask: np.ndarray | 
         out["top1pct_centroid_ras"] = [float(v) for v in (volume.ijk_to_ras @ np.append(centre, 1.0))[:3]]
         if mask is not None and mask.shape == rel.shape:
             # relevance outside the brain is a known failure mode of models trained on raw, skull-on scans
-            out[f"positive_fraction_in_{mask_name}"] = float(pos[mask].sum(dtype=np.float64) / pos_sum)
+            out[f"positive_fraction_in_{mask_name}"] = share_inside(rel, mask)
     return out

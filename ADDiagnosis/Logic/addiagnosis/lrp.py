@@ -123,8 +123,7 @@ class FastLRP:
                 # single-channel first layer: batched 2D conv over depth, then a two-stage max-pool
                 planes = self._depth_stack(a, layer.w.shape[2])
                 self._planes_owner = self._generation
-                z2d = F.conv2d(planes, layer.w[:, 0].contiguous(memory_format=torch.channels_last), layer.b)
-                z2d.relu_()
+                z2d = _conv_planes(planes, layer.w, layer.b).relu_()
                 shapes.append((z2d.shape[0], *z2d.shape[2:]))
                 a, idx = _max_pool_planes(z2d, layer.pool)
                 del z2d
@@ -170,8 +169,7 @@ class FastLRP:
             if planes is None:
                 planes = self._depth_stack(a, w.shape[2])
                 self._planes_owner = -1  # may hold a clamped input, not any cache's
-            z2d = F.conv2d(planes, w[:, 0].contiguous(memory_format=torch.channels_last), b)
-            return z2d.permute(1, 0, 2, 3).unsqueeze(0)
+            return _conv_planes(planes, w, b).permute(1, 0, 2, 3).unsqueeze(0)
         a = a.contiguous(memory_format=CL)
         if a.device.type == "cpu" and a.dtype == torch.float32 and _HAS_MKLDNN:
             # PyTorch's heuristic sends the small deep layers to its slow reference kernel (5-6x slower)
@@ -268,6 +266,15 @@ def _k(size) -> int:
 
 def _planar(a: torch.Tensor) -> bool:
     return a.shape[1] == 1 and a.device.type == "cpu"
+
+
+def _conv_planes(planes: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """Single-input-channel conv3d as conv2d over depth-stacked planes (D', k, H, W) -> (D', C, H', W').
+
+    The channels-last result is the memory of (1, C, D', H', W') in channels-last-3d; about 3x faster on
+    CPU than conv3d with one input channel, same numbers.
+    """
+    return F.conv2d(planes, w[:, 0].contiguous(memory_format=torch.channels_last), b)
 
 
 def _max_pool_planes(z2d: torch.Tensor, k: int):

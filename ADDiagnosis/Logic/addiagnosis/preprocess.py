@@ -105,11 +105,16 @@ def grid_affine(shape, spacing, centre_ras) -> np.ndarray:
     return aff
 
 
-def head_mask(data: np.ndarray) -> np.ndarray:
+def robust_range(data: np.ndarray) -> tuple[float, float]:
+    """(1st, 99.5th) intensity percentiles from a strided sample: display window and head threshold."""
+    sample = np.asarray(data).ravel()[:: max(1, data.size // 500_000)]
+    lo, hi = (float(v) for v in np.percentile(sample, [1.0, 99.5]))
+    return lo, hi
+
+
+def head_mask(data: np.ndarray, value_range: tuple[float, float] | None = None) -> np.ndarray:
     """Voxels brighter than a small fraction of the robust maximum (the head, not the background)."""
-    sample = data.ravel()[:: max(1, data.size // 500_000)]
-    hi = float(np.percentile(sample, 99.5))
-    lo = float(np.percentile(sample, 1.0))
+    lo, hi = robust_range(data) if value_range is None else value_range
     return data > lo + 0.1 * (hi - lo)
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import OutputError
+from .preprocess import head_mask, robust_range
 from .volume import Volume, write_nifti
 
 
@@ -118,11 +119,11 @@ def overview_png(volume: Volume, result, path: str | os.PathLike, n_cols: int = 
     has_neg = float(np.clip(-rel, 0, None).sum()) > 0.05 * float(absr.sum() or 1)
     lut = (matplotlib.colormaps["coolwarm" if has_neg else "hot"](np.linspace(0, 1, 256))[:, :3] * 255)
     vmin = -vmax if has_neg else 0.0
-    lo, hi = (float(v) for v in np.percentile(scan[:: 3, :: 3, :: 3], [1, 99.5]))
+    lo, hi = robust_range(scan)
     hi = hi if hi > lo else lo + 1.0
 
     # slices spread over the head (where the scan is bright), not over empty background
-    head = scan > lo + 0.1 * (hi - lo)
+    head = head_mask(scan, (lo, hi))
     extent = []
     for ax in range(3):  # slices holding a real share of the head (isolated bright noise voxels do not count)
         counts = head.sum(axis=tuple(a for a in range(3) if a != ax))

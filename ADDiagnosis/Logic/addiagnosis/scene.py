@@ -132,7 +132,9 @@ class SlicerRuntime:
         node.CreateDefaultDisplayNodes()
         disp = node.GetDisplayNode()
         disp.SetAndObserveColorNodeID("vtkMRMLColorTableNodeGrey")
-        lo, hi = np.percentile(np.asarray(volume.array)[::3, ::3, ::3], [1, 99.5])
+        from .preprocess import robust_range  # (preprocess imports torch: only when a volume is added)
+
+        lo, hi = robust_range(volume.array)
         disp.AutoWindowLevelOff()
         disp.SetWindowLevelMinMax(float(lo), float(hi))
         return node
