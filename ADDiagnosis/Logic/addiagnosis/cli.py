@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import io
 import json
 import sys
 import time
@@ -103,7 +104,7 @@ def diagnose_scan(diagnoser, scan: Path, out_dir: Path, args, progress, t0: floa
     timings["total"] = time.perf_counter() - t0
     # the final report carries the complete timings (write included)
     report["timings_s"] = {k: round(v, 4) for k, v in timings.items()}
-    _write_json_atomic(out_dir / "report.json", report)
+    _write_text_atomic(out_dir / "report.json", json.dumps(report, indent=2) + "\n")
     progress("done", 1.0)
     return report, files
 
@@ -155,21 +156,20 @@ def cmd_batch(args) -> int:
             print(f"[{n}/{len(scans)}] {scan.name}: {report['predicted_class']} "
                   f"(p={report['probabilities'][report['predicted_class']]:.3f})", file=sys.stderr)
     fields = ["scan", "output", "status", "predicted", *[f"p_{c}" for c in names], "seconds", "error"]
-    tmp = out_root / ".summary.tsv.tmp"
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=fields, delimiter="\t", restval="")
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(out_root / "summary.tsv")
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=fields, delimiter="\t", restval="")
+    writer.writeheader()
+    writer.writerows(rows)
+    _write_text_atomic(out_root / "summary.tsv", table.getvalue())
     print(f"{len(scans) - failed} of {len(scans)} scans diagnosed in {time.perf_counter() - t_all:.1f} s "
           f"-> {out_root / 'summary.tsv'}")
     print(RESEARCH_USE)
     return EXIT_USER_ERROR if failed else 0
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
+def _write_text_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.write_text(text)
     tmp.replace(path)
 
 
