@@ -33,7 +33,9 @@ if LOGIC_DIR not in sys.path:
     sys.path.insert(0, LOGIC_DIR)
 
 RESEARCH_USE = "Research use only: not a medical device, not for clinical diagnosis."
-METHODS = ["lrp-alpha1beta0", "lrp-epsilon", "lrp-composite", "gradient-x-input", "guided-backprop"]
+# "auto": the model card's recommended method (lrp-reference for the bundled model), as engine.METHOD_CHOICES
+METHODS = ["auto", "lrp-reference", "lrp-alpha1beta0", "lrp-epsilon", "lrp-composite", "gradient-x-input",
+           "guided-backprop"]
 TORCH_REQUIREMENT = ">=2.1"
 # Parameters whose choices are only known at run time (installed models, the model's classes): a QComboBox can
 # only be bound with connectGui to a fixed Choice, so these two are kept in sync by the widget itself.
@@ -122,7 +124,7 @@ class ADDiagnosisParameterNode:
 
     inputVolume: vtkMRMLScalarVolumeNode
     model: str = ""
-    method: Annotated[str, Choice(METHODS)] = "lrp-alpha1beta0"
+    method: Annotated[str, Choice(METHODS)] = "auto"
     targetClass: str = ""
     device: Annotated[str, Choice(["cpu", "cuda"])] = "cpu"
     overlayOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.6
@@ -557,7 +559,7 @@ class ADDiagnosisLogic(ScriptedLoadableModuleLogic):
 
         return region_summary(slicer.mrmlScene, inputNode, regionsNode)
 
-    def process(self, inputNode, model=None, method="lrp-alpha1beta0", target=None, device="cpu",
+    def process(self, inputNode, model=None, method="auto", target=None, device="cpu",
                 parameterNode=None, regionsNode=None):
         """Blocking: diagnose ``inputNode`` and push the results into the scene. Returns (result, outputs)."""
         import time

@@ -130,10 +130,10 @@ def test_research_use_line_matches_engine():
 
 
 def test_methods_match_engine():
-    from addiagnosis.lrp import METHODS
+    from addiagnosis.engine import METHOD_CHOICES
 
-    m = re.search(r"^METHODS = (\[.*?\])", SOURCE, re.M)
-    assert ast.literal_eval(m.group(1)) == list(METHODS)
+    m = re.search(r"^METHODS = (\[.*?\])", SOURCE, re.M | re.S)
+    assert ast.literal_eval(m.group(1)) == list(METHOD_CHOICES)
 
 
 def test_self_test_drives_the_tested_logic():

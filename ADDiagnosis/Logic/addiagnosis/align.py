@@ -11,6 +11,9 @@ Steps, all recorded in ``Prepared.info`` (and so in ``report.json``):
 5. registration quality: Pearson correlation between the aligned scan and the template inside the brain;
    below ``min_correlation`` (default 0.45) a warning goes into ``info["warnings"]``.
 
+The reference input (for ``lrp-reference``) is the template itself taken through steps 3-4: the scan a
+perfectly aligned, healthy, MNI-average subject would give.
+
 ``to_input`` maps relevance back through the inverse transform onto the input grid (same shape and
 IJK->RAS as the input); relevance is a per-voxel quantity, so the interpolated density is scaled by the
 voxel volume ratio and sums are preserved approximately.
@@ -25,7 +28,7 @@ import numpy as np
 import torch
 
 from .errors import InputError
-from .preprocess import Prepared, grid_affine, normalise_percentiles, register, resample
+from .preprocess import Prepared, grid_affine, normalise_percentiles, register, register_reference, resample
 from .template import LANDMARKS_MNI, atlas
 from .volume import Volume
 
@@ -164,11 +167,34 @@ def landmark_error(mni_to_input_ras: np.ndarray, scanner_from_mni: np.ndarray,
     return float(np.linalg.norm(est - true, axis=0).mean())
 
 
-@register("template")
-def template(volume: Volume, spec: dict, grid: dict) -> Prepared:
+def _grid(spec: dict, grid: dict):
     shape = tuple(int(s) for s in grid["shape"])
     spacing = tuple(float(s) for s in (grid.get("spacing") or [2.0, 2.0, 2.0]))
     centre = tuple(float(c) for c in spec.get("centre_mni", DEFAULT_CENTRE_MNI))
+    return shape, spacing, centre
+
+
+def _normalise(data: np.ndarray, brain: np.ndarray, spec: dict):
+    norm_spec = spec.get("normalise", {"low": 1.0, "high": 99.0})
+    clip = norm_spec.get("clip", [0.0, 1.5])
+    return normalise_percentiles(data, brain, float(norm_spec.get("low", 1.0)), float(norm_spec.get("high", 99.0)),
+                                 None if clip is None else tuple(clip))
+
+
+@register_reference("template")
+def template_reference(spec: dict, grid: dict) -> torch.Tensor:
+    """The template through the same resampling, normalisation and skull strip as a scan (1,1,D,H,W)."""
+    shape, spacing, centre = _grid(spec, grid)
+    tmpl, brain = template_on_grid(shape, spacing, centre)
+    data, _ = _normalise(tmpl, brain, spec)
+    if spec.get("skull_strip", True):
+        data = data * brain
+    return torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32)).reshape(1, 1, *shape)
+
+
+@register("template")
+def template(volume: Volume, spec: dict, grid: dict) -> Prepared:
+    shape, spacing, centre = _grid(spec, grid)
     if volume.array.ndim != 3:
         raise InputError(f"template alignment needs a 3D scan, got shape {volume.array.shape}")
     mni_to_input, reg = register_to_template(volume, int(spec.get("iterations", 50)))
@@ -176,11 +202,7 @@ def template(volume: Volume, spec: dict, grid: dict) -> Prepared:
     grid_to_input = np.linalg.inv(volume.ijk_to_ras) @ mni_to_input @ g_aff
     data = resample(volume.array, grid_to_input, shape)
     tmpl, brain = template_on_grid(shape, spacing, centre)
-    norm_spec = spec.get("normalise", {"low": 1.0, "high": 99.0})
-    clip = norm_spec.get("clip", [0.0, 1.5])
-    data, norm_info = normalise_percentiles(data, brain, float(norm_spec.get("low", 1.0)),
-                                            float(norm_spec.get("high", 99.0)),
-                                            None if clip is None else tuple(clip))
+    data, norm_info = _normalise(data, brain, spec)
     corr = float(np.corrcoef(data[brain], tmpl[brain])[0, 1]) if brain.any() else 0.0
     if not np.isfinite(corr):
         corr = 0.0

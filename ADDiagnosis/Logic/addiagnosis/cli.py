@@ -15,8 +15,9 @@ import time
 from pathlib import Path
 
 from . import RESEARCH_USE, __version__
+from .engine import AUTO_METHOD, METHOD_CHOICES
 from .errors import AddiagnosisError, InputError
-from .lrp import DEFAULT_METHOD, METHODS
+from .lrp import DEFAULT_METHOD
 from .package import sha256_file
 
 EXIT_USER_ERROR = 2
@@ -218,6 +219,10 @@ def cmd_import(args) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- main
+METHOD_HELP = ("relevance method (default auto: the model card's recommended one, lrp-reference for the bundled "
+               f"model, else {DEFAULT_METHOD})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="addiagnosis", description=(
         "Explainable Alzheimer's-disease classification of brain MRI (3D CNN + LRP). " + RESEARCH_USE))
@@ -227,8 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("diagnose", help="classify one scan and explain the result with LRP")
     d.add_argument("scan", nargs="?", help="a .nii or .nii.gz T1 scan (default: the bundled example)")
     d.add_argument("--model", help="model package name or folder (default: the bundled model)")
-    d.add_argument("--method", default=DEFAULT_METHOD, choices=list(METHODS),
-                   help=f"relevance method (default {DEFAULT_METHOD})")
+    d.add_argument("--method", default=AUTO_METHOD, choices=METHOD_CHOICES, help=METHOD_HELP)
     d.add_argument("--target", help="class to explain (default: the predicted class)")
     d.add_argument("--out", default="addiagnosis-output", help="output folder (default ./addiagnosis-output)")
     d.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
@@ -244,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("scans", nargs="*", help=".nii/.nii.gz scans")
     b.add_argument("--list", help="a text file with one scan path per line (relative to the file)")
     b.add_argument("--model", help="model package name or folder (default: the bundled model)")
-    b.add_argument("--method", default=DEFAULT_METHOD, choices=list(METHODS))
+    b.add_argument("--method", default=AUTO_METHOD, choices=METHOD_CHOICES, help=METHOD_HELP)
     b.add_argument("--target", help="class to explain (default: each scan's predicted class)")
     b.add_argument("--out", default="addiagnosis-batch", help="output folder (default ./addiagnosis-batch)")
     b.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")

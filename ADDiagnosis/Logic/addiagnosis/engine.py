@@ -16,13 +16,15 @@ import torch
 
 from . import RESEARCH_USE, __version__
 from .errors import AddiagnosisError, ModelError
-from .lrp import DEFAULT_METHOD, METHODS, FastLRP
+from .lrp import DEFAULT_METHOD, METHODS, REFERENCE_METHODS, FastLRP
 from .metrics import share_inside
 from .package import ModelPackage, find_package
-from .preprocess import prepare
+from .preprocess import prepare, reference_input
 from .volume import Volume
 
 Progress = Callable[[str, float], None]
+AUTO_METHOD = "auto"  # the model card's recommended method (``explanation.method``), else DEFAULT_METHOD
+METHOD_CHOICES = (AUTO_METHOD, *METHODS)
 SYNTHETIC_NOTICE = "Model trained on synthetic data: it demonstrates the method and says nothing about real patients."
 
 
@@ -97,6 +99,12 @@ def resolve_device(device: str | None) -> torch.device:
     return torch.device("cpu")
 
 
+def recommended_method(card: dict) -> str:
+    """The card's ``explanation.method`` when it names a known method, else :data:`DEFAULT_METHOD`."""
+    method = (card.get("explanation") or {}).get("method")
+    return method if method in METHODS else DEFAULT_METHOD
+
+
 class Diagnoser:
     """A loaded model package ready to diagnose many scans (weights read and folded once)."""
 
@@ -106,6 +114,22 @@ class Diagnoser:
         model = self.package.load_model("cpu")
         self.model = model
         self.engine = FastLRP(model, device=self.device)
+        self.recommended_method = recommended_method(self.package.card)
+
+    def resolve_method(self, method: str | None) -> str:
+        """``auto``/None -> the model's recommended method; prepares the reference input when one is needed."""
+        if method in (None, "", AUTO_METHOD):
+            method = self.recommended_method
+        if method not in METHODS:
+            raise AddiagnosisError(f"unknown method {method!r}; choose from {', '.join(METHOD_CHOICES)}")
+        if method in REFERENCE_METHODS and self.engine.reference is None:
+            ref = reference_input(self.package.card)
+            if ref is None:
+                kind = (self.package.card.get("preprocessing") or {}).get("kind")
+                raise AddiagnosisError(f"{method} needs a reference scan, and this model's preprocessing ({kind}) "
+                                       "defines none: choose another method")
+            self.engine.set_reference(ref)
+        return method
 
     def target_index(self, target: str | int | None, predicted: int) -> int:
         if target is None or target == "":
@@ -116,10 +140,9 @@ class Diagnoser:
             return target
         return self.package.class_index(target)
 
-    def run(self, volume: Volume, method: str = DEFAULT_METHOD, target: str | int | None = None,
+    def run(self, volume: Volume, method: str | None = AUTO_METHOD, target: str | int | None = None,
             progress: Progress | None = None) -> DiagnosisResult:
-        if method not in METHODS:
-            raise AddiagnosisError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+        method = self.resolve_method(method)
         names = self.package.class_names
         if target not in (None, "") and not isinstance(target, int):
             self.package.class_index(target)  # fail before any work on an unknown class name
@@ -178,7 +201,7 @@ def get_diagnoser(package: ModelPackage | str | None = None, device: str | None 
     return _CACHE[key]
 
 
-def diagnose(volume: Volume, package: ModelPackage | str | None = None, method: str = DEFAULT_METHOD,
+def diagnose(volume: Volume, package: ModelPackage | str | None = None, method: str | None = AUTO_METHOD,
              target: str | int | None = None, device: str | None = "cpu",
              progress: Progress | None = None) -> DiagnosisResult:
     return get_diagnoser(package, device).run(volume, method, target, progress)

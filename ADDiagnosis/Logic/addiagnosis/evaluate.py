@@ -79,8 +79,9 @@ def random_model_like(model, seed: int = 12345):
     return rnd.eval()
 
 
-def evaluate(package, data, out=None, method: str = "lrp-alpha1beta0", target: str = "true",
+def evaluate(package, data, out=None, method: str | None = "auto", target: str = "true",
              limit: int | None = None, randomisation_n: int = 10, threads: int = 2, log=print) -> dict:
+    from .engine import Diagnoser
     from .lrp import FastLRP
     from .package import ModelPackage, find_package
     from .preprocess import prepare
@@ -90,9 +91,14 @@ def evaluate(package, data, out=None, method: str = "lrp-alpha1beta0", target: s
     torch.set_num_threads(max(1, int(threads)))
     pkg = package if isinstance(package, ModelPackage) else find_package(package)
     classes = pkg.class_names
-    model = pkg.load_model()
-    engine = FastLRP(model)
-    rnd_engine = FastLRP(random_model_like(model)) if randomisation_n > 0 else None
+    diagnoser = Diagnoser(pkg)
+    method = diagnoser.resolve_method(method)  # "auto": the card's recommended method
+    model, engine = diagnoser.model, diagnoser.engine
+    rnd_engine = None
+    if randomisation_n > 0:
+        rnd_engine = FastLRP(random_model_like(model))
+        if engine.reference is not None:  # the same root point for the randomised network
+            rnd_engine.set_reference(engine.reference_input)
     items = load_items(data)
     if limit:
         items = items[: int(limit)]
@@ -304,7 +310,8 @@ def register_cli(subparsers) -> None:
     p.add_argument("package", help="model package name or folder")
     p.add_argument("data", help="class-folder tree, synth output folder, or TSV/CSV table")
     p.add_argument("--out", default=None, help="report folder (default: evaluation-<package>)")
-    p.add_argument("--method", default="lrp-alpha1beta0")
+    p.add_argument("--method", default="auto",
+                   help="relevance method (default auto: the model card's recommended one)")
     p.add_argument("--target", choices=["true", "predicted"], default="true",
                    help="class whose relevance is scored (default: the subject's true class)")
     p.add_argument("--limit", type=int, default=None, help="only the first N scans")
@@ -316,20 +323,28 @@ def register_cli(subparsers) -> None:
 
 
 def summary(result: dict) -> dict:
+    """The figures a model card records (``--record-in-card``)."""
     clf, expl = result["classification"], result["explanation"]
     last = list(expl["per_class"])[-1] if expl["per_class"] else None
+    pc_last = expl["per_class"].get(last) or {}
+    rand = expl.get("randomisation") or {}
     return {"data": result["data"], "n_scans": result["n_scans"], "accuracy": clf["accuracy"],
             "balanced_accuracy": clf["balanced_accuracy"],
             "cn_vs_ad_balanced_accuracy": clf.get("cn_vs_ad_balanced_accuracy"),
             "per_class_recall": clf["per_class_recall"], "confusion_matrix": clf["confusion_matrix"],
             "expected_calibration_error": clf["expected_calibration_error"],
             "explanation_method": expl["method"],
-            f"median_mass_accuracy_{last}": (expl["per_class"].get(last) or {}).get("median_mass_accuracy"),
-            f"median_rank_accuracy_{last}": (expl["per_class"].get(last) or {}).get("median_rank_accuracy"),
-            f"pointing_game_{last}": (expl["per_class"].get(last) or {}).get("pointing_game"),
+            f"median_mass_accuracy_{last}": pc_last.get("median_mass_accuracy"),
+            f"median_rank_accuracy_{last}": pc_last.get("median_rank_accuracy"),
+            f"pointing_game_{last}": pc_last.get("pointing_game"),
             "median_brain_share": expl["median_brain_share"],
-            "randomisation_median_abs_pearson_r": (expl.get("randomisation") or {}).get("median_abs_pearson_r"),
-            "registration_median_correlation": result["registration"]["median_correlation"]}
+            "min_brain_share": expl.get("min_brain_share"),
+            "randomisation_median_abs_pearson_r": rand.get("median_abs_pearson_r"),
+            "registration_median_correlation": result["registration"]["median_correlation"],
+            f"explanation_{last}": pc_last,
+            "explanation_by_stage_median_mass_accuracy": {c: v.get("median_mass_accuracy")
+                                                          for c, v in expl["per_class"].items()},
+            "randomisation": rand}
 
 
 def run(args) -> int:
@@ -343,7 +358,7 @@ def run(args) -> int:
     print(json.dumps(s, indent=1))
     if args.record_in_card:
         card = json.loads((pkg.path / CARD).read_text())
-        card["evaluation"] = s
+        card["evaluation"] = {**(card.get("evaluation") or {}), **s}  # notes recorded by hand stay
         (pkg.path / CARD).write_text(json.dumps(card, indent=2) + "\n")
         print(f"evaluate: recorded the summary in {pkg.path / CARD}")
     return 0

@@ -11,11 +11,22 @@ Rules (relevance R_k of layer outputs -> R_j of inputs, z = stabilised denominat
 - ``epsilon``: R_j = x_j * sum_k w_jk R_k / (z_k + eps*sign(z_k))
 - ``alphabeta`` with alpha=1, beta=0: only positive contributions
   (x+ w+ and x- w-, positive part of the bias), as zennit's AlphaBeta(1, 0).
+- ``reference`` (alpha=2, beta=1 on differences): every layer's input is replaced by its difference from
+  the same layer's input for a reference scan x~ (for template-aligned models: the MNI template prepared
+  like a scan, which such a model calls healthy), da = a - a~; contributions da_j w_jk are split into
+  positive and negative parts, R_j = sum_k (2 (da_j w_jk)+ / z+_k - (da_j w_jk)- / z-_k) R_k. Biases
+  cancel in the difference. This is the Deep Taylor / DeepLIFT idea of explaining a decision relative to
+  a root point (Montavon et al. 2017; Shrikumar et al. 2017) with LRP's alpha-beta rule (Bach et al.
+  2015). Plain LRP credits every bright voxel that feeds an active neuron, so its maps carry a halo of
+  intact tissue around the evidence; relative to a healthy reference only what differs from it can
+  carry relevance. On the bundled synthetic model this moves the median share of positive relevance in
+  the true atrophy of AD subjects from 0.25 (alpha1-beta0) to about 0.6 (see the model card).
 ReLU passes relevance unchanged; max-pooling routes it to the winning voxel.
 
-Methods: ``lrp-alpha1beta0`` (default, Boehle et al. 2019), ``lrp-epsilon``, ``lrp-composite``
-(epsilon on dense layers, alpha1-beta0 on conv layers), ``gradient-x-input`` and ``guided-backprop``
-(for comparison; the original web app offered guided backprop).
+Methods: ``lrp-reference`` (needs a reference input: see :meth:`FastLRP.set_reference`),
+``lrp-alpha1beta0`` (Boehle et al. 2019; the default where a model has no reference), ``lrp-epsilon``,
+``lrp-composite`` (epsilon on dense layers, alpha1-beta0 on conv layers), ``gradient-x-input`` and
+``guided-backprop`` (for comparison; the original web app offered guided backprop).
 """
 
 from __future__ import annotations
@@ -29,6 +40,7 @@ from .model import ClassificationModel3D
 
 METHODS = {
     # method: (rule for conv layers, rule for dense layers)
+    "lrp-reference": ("reference", "reference"),
     "lrp-alpha1beta0": ("alphabeta", "alphabeta"),
     "lrp-epsilon": ("epsilon", "epsilon"),
     "lrp-composite": ("alphabeta", "epsilon"),
@@ -36,6 +48,8 @@ METHODS = {
     "guided-backprop": ("guided", "guided"),
 }
 DEFAULT_METHOD = "lrp-alpha1beta0"
+REFERENCE_METHODS = ("lrp-reference",)
+REFERENCE_ALPHA = 2.0  # alpha-beta rule of lrp-reference (beta = alpha - 1)
 CL = torch.channels_last_3d
 _HAS_MKLDNN = hasattr(torch, "mkldnn_convolution") and torch.backends.mkldnn.is_available()
 
@@ -53,6 +67,15 @@ class _Layer:
     b_pos: torch.Tensor
     w_neg: torch.Tensor
     pool: int = 0
+
+
+@dataclass
+class ReferenceActivations:
+    """Input of every layer for the reference scan (computed once per engine)."""
+
+    conv_inputs: list
+    dense_in: torch.Tensor
+    hidden: torch.Tensor  # dense_1 output after ReLU
 
 
 @dataclass
@@ -85,6 +108,8 @@ class FastLRP:
         self._buffers: dict[str, torch.Tensor] = {}
         self._generation = 0
         self._planes_owner = -1  # generation whose depth-stacked input is in the "planes" buffer
+        self.reference: ReferenceActivations | None = None
+        self.reference_input: torch.Tensor | None = None
         self.layers: list[_Layer] = []
         with torch.no_grad():
             for conv, bn, mp in model.blocks():
@@ -141,6 +166,16 @@ class FastLRP:
         return ForwardCache(x, conv_inputs, pooled, indices, shapes, flat, hidden, logits,
                             input_has_negative=bool(x.min() < 0), generation=self._generation)
 
+    def set_reference(self, x_ref: torch.Tensor | None) -> None:
+        """Set (or clear, with None) the reference input of the ``lrp-reference`` method: (1,1,D,H,W)."""
+        self.reference_input = x_ref
+        if x_ref is None:
+            self.reference = None
+            return
+        c = self.forward(x_ref)
+        self.reference = ReferenceActivations([a.clone() for a in c.conv_inputs], c.dense_in.clone(),
+                                              c.hidden_pre.relu())
+
     def _buffer(self, key: str, shape, memory_format=torch.contiguous_format) -> torch.Tensor:
         buf = self._buffers.get(key)
         if buf is None or tuple(buf.shape) != tuple(shape) or not buf.is_contiguous(memory_format=memory_format):
@@ -183,6 +218,9 @@ class FastLRP:
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
         conv_rule, dense_rule = METHODS[method]
+        ref = self.reference
+        if conv_rule == "reference" and ref is None:
+            raise ValueError(f"{method} needs a reference input (FastLRP.set_reference); this model has none")
         n_out = cache.logits.shape[1]
         if not 0 <= target < n_out:
             raise ValueError(f"target index {target} outside 0..{n_out - 1}")
@@ -191,15 +229,22 @@ class FastLRP:
         r[0, target] = 1.0
         d1, d2 = self.dense
         hidden = cache.hidden_pre.relu()
-        r = self._dense_back(r, hidden, d2, dense_rule)
-        if dense_rule in ("gradient", "guided"):
-            r = r * (cache.hidden_pre > 0)
-            if dense_rule == "guided":
-                r = r.clamp(min=0)
-        r = self._dense_back(r, cache.dense_in, d1, dense_rule)
+        if dense_rule == "reference":
+            r = self._reference_back(r, hidden - ref.hidden, d2.w)
+            r = self._reference_back(r, cache.dense_in - ref.dense_in, d1.w)
+        else:
+            r = self._dense_back(r, hidden, d2, dense_rule)
+            if dense_rule in ("gradient", "guided"):
+                r = r * (cache.hidden_pre > 0)
+                if dense_rule == "guided":
+                    r = r.clamp(min=0)
+            r = self._dense_back(r, cache.dense_in, d1, dense_rule)
         r = r.reshape(cache.pooled[-1].shape)
         for i in reversed(range(len(self.layers))):
-            r = self._conv_back(r, i, cache, conv_rule)
+            if conv_rule == "reference":
+                r = self._reference_conv_back(r, i, cache)
+            else:
+                r = self._conv_back(r, i, cache, conv_rule)
         if conv_rule in ("gradient", "guided"):
             if conv_rule == "gradient":
                 r = r * cache.x  # gradient x input
@@ -214,6 +259,42 @@ class FastLRP:
             z = F.linear(a, layer.w_pos, layer.b_pos)
             return a * ((r / _stab(z, self.stabilizer)) @ layer.w_pos)
         return r @ layer.w  # gradient
+
+    def _reference_back(self, r, da, w):
+        """Dense layer of ``lrp-reference``: alpha-beta on the contributions of da = a - a_ref."""
+        alpha, beta = REFERENCE_ALPHA, REFERENCE_ALPHA - 1.0
+        dp, dn = da.clamp(min=0), da.clamp(max=0)
+        wp, wn = w.clamp(min=0), w.clamp(max=0)
+        sp = r / _stab(F.linear(dp, wp) + F.linear(dn, wn), self.stabilizer)
+        out = alpha * (dp * (sp @ wp) + dn * (sp @ wn))
+        if beta:
+            sn = r / _stab(F.linear(dp, wn) + F.linear(dn, wp), self.stabilizer)
+            out -= beta * (dp * (sn @ wn) + dn * (sn @ wp))
+        return out
+
+    def _reference_conv_back(self, r_pooled, i, cache: ForwardCache):
+        """Conv block of ``lrp-reference``: max-pool routes to x's winners, then alpha-beta on da = a - a_ref."""
+        layer = self.layers[i]
+        a_in = cache.conv_inputs[i]
+        da = a_in - self.reference.conv_inputs[i]
+        idx, shape, first = cache.indices[i], cache.pre_pool_shapes[i], i == 0
+        alpha, beta = REFERENCE_ALPHA, REFERENCE_ALPHA - 1.0
+        dp, dn = da.clamp(min=0), da.clamp(max=0)
+        out = None
+        for sign, coef in ((1.0, alpha), (-1.0, beta)):
+            if not coef:
+                continue
+            # positive contributions: da+ w+ and da- w-; negative ones: da+ w- and da- w+
+            w_a, w_b = (layer.w_pos, layer.w_neg) if sign > 0 else (layer.w_neg, layer.w_pos)
+            z = self._conv(dp, w_a, None, first)
+            z += self._conv(dn, w_b, None, first)
+            z_win = z.flatten(2).gather(2, idx.flatten(2)).view_as(idx)
+            del z
+            s_full = self._unpool(r_pooled / _stab(z_win, self.stabilizer), idx, shape, f"unpool{i}")
+            part = dp * self._conv_t(s_full, w_a, a_in, first)
+            part += dn * self._conv_t(s_full, w_b, a_in, first)
+            out = part.mul_(coef) if out is None else out.sub_(part.mul_(coef))
+        return out
 
     def _conv_back(self, r_pooled, i, cache: ForwardCache, rule):
         layer = self.layers[i]

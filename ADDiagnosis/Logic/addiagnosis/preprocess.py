@@ -6,7 +6,9 @@ Kinds (``card["preprocessing"]["kind"]``):
 - ``physical``: resample (trilinear) onto the model grid, an RAS-aligned grid of the card's shape and
   spacing whose centre sits on the centre of the head (or of the field of view), then normalise
   intensities with percentiles inside the head.
-More kinds (template alignment) register themselves with :func:`register`.
+More kinds (template alignment) register themselves with :func:`register`. A kind may also define a
+reference input (:func:`register_reference`): what a healthy scan looks like after that preprocessing,
+the root point of the ``lrp-reference`` explanation method.
 """
 
 from __future__ import annotations
@@ -35,12 +37,22 @@ class Prepared:
 
 
 Preprocessor = Callable[[Volume, dict, dict], Prepared]
+Reference = Callable[[dict, dict], torch.Tensor]
 _REGISTRY: dict[str, Preprocessor] = {}
+_REFERENCES: dict[str, Reference] = {}
 
 
 def register(kind: str):
     def deco(fn: Preprocessor) -> Preprocessor:
         _REGISTRY[kind] = fn
+        return fn
+
+    return deco
+
+
+def register_reference(kind: str):
+    def deco(fn: Reference) -> Reference:
+        _REFERENCES[kind] = fn
         return fn
 
     return deco
@@ -58,6 +70,16 @@ def prepare(volume: Volume, card: dict) -> Prepared:
     if kind not in _REGISTRY:
         raise InputError(f"model card asks for unknown preprocessing {kind!r}; known: {', '.join(kinds())}")
     return _REGISTRY[kind](volume, spec, dict(card["input_grid"]))
+
+
+def reference_input(card: dict) -> torch.Tensor | None:
+    """The reference network input of the card's preprocessing (1,1,D,H,W), or None if it defines none."""
+    spec = dict(card.get("preprocessing") or {})
+    kind = spec.get("kind")
+    if kind not in _REGISTRY:
+        _load_optional_kinds()
+    fn = _REFERENCES.get(kind)
+    return None if fn is None else fn(spec, dict(card["input_grid"]))
 
 
 def _load_optional_kinds() -> None:

@@ -615,10 +615,9 @@ def diagnose_node(scene, input_node, package=None, method: str | None = None, ta
     Returns (result, SceneOutputs). A failure anywhere leaves the scene as it was.
     """
     from .engine import diagnose
-    from .lrp import DEFAULT_METHOD
 
     volume = volume_from_node(input_node)
-    result = diagnose(volume, package, method or DEFAULT_METHOD, target or None, device, progress)
+    result = diagnose(volume, package, method, target or None, device, progress)
     outputs = push_results(scene, input_node, result, vr_logic=vr_logic, opacity=opacity,
                            top_percent=top_percent)
     return result, outputs
