@@ -72,6 +72,7 @@ def test_smoke_training_lowers_loss_and_resumes(folder_data, tmp_path):
     card = train.train(folder_data, out, epochs=4, **kw)
     assert card["split"]["unit"] == "subject" and card["split"]["subjects"]["train"] == 12
     assert set(card["metrics"]) == {"val", "test"}
+    assert "explanation" not in card  # physical preprocessing has no healthy reference: plain LRP by default
     pkg = find_package(str(out))
     items = train.load_items(folder_data)
     files = train.preprocess_all(items, {"preprocessing": PHYSICAL,

@@ -424,6 +424,9 @@ def train(data, out, *, seed: int = 0, epochs: int = 40, batch_size: int = 8, lr
         "metrics": reports,
         "default": bool(default),
     }
+    if pre.get("kind") == "template":  # a healthy reference exists: explain relative to it (lrp.py)
+        card_out["explanation"] = {"method": "lrp-reference",
+                                   "reference": "the MNI152 template taken through this card's preprocessing"}
     if dataset is not None:
         card_out["synthetic"] = True
         card_out["intended_use"] = (
