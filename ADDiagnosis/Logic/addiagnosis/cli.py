@@ -223,6 +223,13 @@ METHOD_HELP = ("relevance method (default auto: the model card's recommended one
                f"model, else {DEFAULT_METHOD})")
 
 
+def _engine_options(p: argparse.ArgumentParser) -> None:
+    """--model, --method and --device: what `diagnose` and `batch` hand to the engine."""
+    p.add_argument("--model", help="model package name or folder (default: the bundled model)")
+    p.add_argument("--method", default=AUTO_METHOD, choices=METHOD_CHOICES, help=METHOD_HELP)
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="addiagnosis", description=(
         "Explainable Alzheimer's-disease classification of brain MRI (3D CNN + LRP). " + RESEARCH_USE))
@@ -231,11 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("diagnose", help="classify one scan and explain the result with LRP")
     d.add_argument("scan", nargs="?", help="a .nii or .nii.gz T1 scan (default: the bundled example)")
-    d.add_argument("--model", help="model package name or folder (default: the bundled model)")
-    d.add_argument("--method", default=AUTO_METHOD, choices=METHOD_CHOICES, help=METHOD_HELP)
+    _engine_options(d)
     d.add_argument("--target", help="class to explain (default: the predicted class)")
     d.add_argument("--out", default="addiagnosis-output", help="output folder (default ./addiagnosis-output)")
-    d.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
     d.add_argument("--json", action="store_true", help="print the report as JSON")
     d.add_argument("--views", action="store_true",
                    help="also render Slicer's slice and 3D views (needs the slicer-core runtime)")
@@ -247,11 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("batch", help="diagnose a cohort: one output folder per scan plus summary.tsv")
     b.add_argument("scans", nargs="*", help=".nii/.nii.gz scans")
     b.add_argument("--list", help="a text file with one scan path per line (relative to the file)")
-    b.add_argument("--model", help="model package name or folder (default: the bundled model)")
-    b.add_argument("--method", default=AUTO_METHOD, choices=METHOD_CHOICES, help=METHOD_HELP)
+    _engine_options(b)
     b.add_argument("--target", help="class to explain (default: each scan's predicted class)")
     b.add_argument("--out", default="addiagnosis-batch", help="output folder (default ./addiagnosis-batch)")
-    b.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
     b.add_argument("--views", action="store_true", help="also render Slicer's views for each scan")
     b.add_argument("--no-figures", action="store_true", help="skip overview.png")
     b.add_argument("-q", "--quiet", action="store_true", help="no per-scan lines")

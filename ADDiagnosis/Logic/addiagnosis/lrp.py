@@ -67,19 +67,22 @@ def _ieee_fp32(method):
     def wrapper(self, *args, **kwargs):
         if self.device.type != "cuda":
             return method(self, *args, **kwargs)
-        cudnn = torch.backends.cudnn
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # newer PyTorch prefers fp32_precision; allow_tf32 still works
-            old = cudnn.allow_tf32
-            cudnn.allow_tf32 = False
+        old = _set_cudnn_tf32(False)
         try:
             return method(self, *args, **kwargs)
         finally:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                cudnn.allow_tf32 = old
+            _set_cudnn_tf32(old)
 
     return wrapper
+
+
+def _set_cudnn_tf32(value: bool) -> bool:
+    """Set cuDNN's TF32 switch, return the previous value."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # newer PyTorch prefers fp32_precision; allow_tf32 still works
+        old = torch.backends.cudnn.allow_tf32
+        torch.backends.cudnn.allow_tf32 = value
+    return old
 
 
 def _stab(z: torch.Tensor, eps: float) -> torch.Tensor:
@@ -137,7 +140,6 @@ class FastLRP:
         self._generation = 0
         self._planes_owner = -1  # generation whose depth-stacked input is in the "planes" buffer
         self.reference: ReferenceActivations | None = None
-        self.reference_input: torch.Tensor | None = None
         self.layers: list[_Layer] = []
         with torch.no_grad():
             for conv, bn, mp in model.blocks():
@@ -197,13 +199,17 @@ class FastLRP:
 
     def set_reference(self, x_ref: torch.Tensor | None) -> None:
         """Set (or clear, with None) the reference input of the ``lrp-reference`` method: (1,1,D,H,W)."""
-        self.reference_input = x_ref
         if x_ref is None:
             self.reference = None
             return
         c = self.forward(x_ref)
         self.reference = ReferenceActivations([a.clone() for a in c.conv_inputs], c.dense_in.clone(),
                                               c.hidden_pre.relu())
+
+    @property
+    def reference_input(self) -> torch.Tensor | None:
+        """The reference network input (1,1,D,H,W), or None (it is the first layer's reference input)."""
+        return None if self.reference is None else self.reference.conv_inputs[0]
 
     def _buffer(self, key: str, shape, memory_format=torch.contiguous_format) -> torch.Tensor:
         buf = self._buffers.get(key)
@@ -260,8 +266,8 @@ class FastLRP:
         d1, d2 = self.dense
         hidden = cache.hidden_pre.relu()
         if dense_rule == "reference":
-            r = self._reference_back(r, hidden - ref.hidden, d2.w)
-            r = self._reference_back(r, cache.dense_in - ref.dense_in, d1.w)
+            r = self._reference_dense_back(r, hidden - ref.hidden, d2)
+            r = self._reference_dense_back(r, cache.dense_in - ref.dense_in, d1)
         else:
             r = self._dense_back(r, hidden, d2, dense_rule)
             if dense_rule in ("gradient", "guided"):
@@ -271,10 +277,7 @@ class FastLRP:
             r = self._dense_back(r, cache.dense_in, d1, dense_rule)
         r = r.reshape(cache.pooled[-1].shape)
         for i in reversed(range(len(self.layers))):
-            if conv_rule == "reference":
-                r = self._reference_conv_back(r, i, cache)
-            else:
-                r = self._conv_back(r, i, cache, conv_rule)
+            r = self._conv_back(r, i, cache, conv_rule)
         if conv_rule in ("gradient", "guided"):
             if conv_rule == "gradient":
                 r = r * cache.x  # gradient x input
@@ -290,43 +293,50 @@ class FastLRP:
             return a * ((r / _stab(z, self.stabilizer)) @ layer.w_pos)
         return r @ layer.w  # gradient
 
-    def _reference_back(self, r, da, w):
-        """Dense layer of ``lrp-reference``: alpha-beta on the contributions of da = a - a_ref."""
-        alpha, beta = REFERENCE_ALPHA, REFERENCE_ALPHA - 1.0
-        dp, dn = da.clamp(min=0), da.clamp(max=0)
-        wp, wn = w.clamp(min=0), w.clamp(max=0)
-        sp = r / _stab(F.linear(dp, wp) + F.linear(dn, wn), self.stabilizer)
-        out = alpha * (dp * (sp @ wp) + dn * (sp @ wn))
-        if beta:
-            sn = r / _stab(F.linear(dp, wn) + F.linear(dn, wp), self.stabilizer)
-            out -= beta * (dp * (sn @ wn) + dn * (sn @ wp))
-        return out
+    def _reference_rule(self, r, da, layer: _Layer, z_of, spread, expand=None):
+        """Alpha-beta on the contributions of da = a - a_ref, for dense and conv layers alike.
 
-    def _reference_conv_back(self, r_pooled, i, cache: ForwardCache):
-        """Conv block of ``lrp-reference``: max-pool routes to x's winners, then alpha-beta on da = a - a_ref."""
-        layer = self.layers[i]
-        a_in = cache.conv_inputs[i]
-        da = a_in - self.reference.conv_inputs[i]
-        idx, shape, first = cache.indices[i], cache.pre_pool_shapes[i], i == 0
+        ``z_of(x, w)``: x's contributions summed at the outputs that receive relevance; ``expand(s)``: those
+        outputs' ratios onto the full output grid (un-pooling; identity for dense layers); ``spread(s, w)``:
+        the ratios back onto the inputs through w.
+        """
         alpha, beta = REFERENCE_ALPHA, REFERENCE_ALPHA - 1.0
         dp, dn = da.clamp(min=0), da.clamp(max=0)
         out = None
-        for sign, coef in ((1.0, alpha), (-1.0, beta)):
+        # alpha: positive contributions (da+ w+ and da- w-); beta: negative ones (da+ w- and da- w+)
+        for coef, w_a, w_b in ((alpha, layer.w_pos, layer.w_neg), (beta, layer.w_neg, layer.w_pos)):
             if not coef:
                 continue
-            # positive contributions: da+ w+ and da- w-; negative ones: da+ w- and da- w+
-            w_a, w_b = (layer.w_pos, layer.w_neg) if sign > 0 else (layer.w_neg, layer.w_pos)
-            z = self._conv(dp, w_a, None, first)
-            z += self._conv(dn, w_b, None, first)
-            z_win = z.flatten(2).gather(2, idx.flatten(2)).view_as(idx)
+            z = z_of(dp, w_a)
+            z += z_of(dn, w_b)
+            s = r / _stab(z, self.stabilizer)
             del z
-            s_full = self._unpool(r_pooled / _stab(z_win, self.stabilizer), idx, shape, f"unpool{i}")
-            part = dp * self._conv_t(s_full, w_a, a_in, first)
-            part += dn * self._conv_t(s_full, w_b, a_in, first)
+            if expand is not None:
+                s = expand(s)
+            part = dp * spread(s, w_a)
+            part += dn * spread(s, w_b)
             out = part.mul_(coef) if out is None else out.sub_(part.mul_(coef))
         return out
 
+    def _reference_dense_back(self, r, da, layer: _Layer):
+        return self._reference_rule(r, da, layer, F.linear, lambda s, w: s @ w)
+
+    def _reference_conv_back(self, r_pooled, i, cache: ForwardCache):
+        """Conv block of ``lrp-reference``: max-pool routes to x's winners, then alpha-beta on da = a - a_ref."""
+        layer, a_in, first = self.layers[i], cache.conv_inputs[i], i == 0
+        idx, shape = cache.indices[i], cache.pre_pool_shapes[i]
+
+        def z_of(x, w):
+            return self._conv(x, w, None, first).flatten(2).gather(2, idx.flatten(2)).view_as(idx)
+
+        return self._reference_rule(
+            r_pooled, a_in - self.reference.conv_inputs[i], layer, z_of,
+            spread=lambda s, w: self._conv_t(s, w, a_in, first),
+            expand=lambda s: self._unpool(s, idx, shape, f"unpool{i}"))
+
     def _conv_back(self, r_pooled, i, cache: ForwardCache, rule):
+        if rule == "reference":
+            return self._reference_conv_back(r_pooled, i, cache)
         layer = self.layers[i]
         a_in = cache.conv_inputs[i]
         idx = cache.indices[i]
