@@ -15,10 +15,8 @@ import time
 from pathlib import Path
 
 from . import RESEARCH_USE, __version__
-from .engine import AUTO_METHOD, METHOD_CHOICES
+from .card import AUTO_METHOD, DEFAULT_METHOD, METHOD_CHOICES, sha256_file
 from .errors import AddiagnosisError, InputError
-from .lrp import DEFAULT_METHOD
-from .package import sha256_file
 
 EXIT_USER_ERROR = 2
 PLUGIN_COMMANDS = ("synth", "train", "evaluate")
@@ -193,19 +191,33 @@ def summary_text(report: dict, files: dict) -> str:
 
 # -------------------------------------------------------------------------------------------- models
 def cmd_models(args) -> int:
-    from .package import list_packages, search_dirs
+    """Every usable package, where it was found, which one a plain `diagnose` runs and what shadows what."""
+    from .card import default_package, scan_packages, search_path
 
-    packages = list_packages()
+    packages = scan_packages()  # bad packages: one warning line each on stderr, the others are listed
+    try:
+        default = default_package(packages).path
+    except AddiagnosisError:
+        default = None
     if args.json:
-        print(json.dumps([{"name": p.name, "version": p.version, "path": str(p.path), "card": p.card}
-                          for p in packages], indent=2))
+        print(json.dumps([{"name": p.name, "version": p.version, "path": str(p.path), "origin": p.origin,
+                           "default": p.path == default, "shadows": [str(s) for s in p.shadows],
+                           "shadowed_by": None if p.shadowed_by is None else str(p.shadowed_by),
+                           "card": p.card.to_dict()} for p in packages], indent=2))
         return 0
+    places = ", ".join(f"{d} ({o})" for d, o in search_path())
     if not packages:
-        print("no model packages installed; searched: " + ", ".join(str(d) for d in search_dirs()))
+        print(f"no model packages installed; searched: {places}")
         return 0
     for p in packages:
-        flag = " (default, bundled)" if p.card.get("default") and p.bundled else (" (bundled)" if p.bundled else "")
-        print(f"{p.summary()}{flag}\n    {p.path}")
+        flags = [f for f, on in (("default", p.path == default), (p.origin, True)) if on]
+        print(f"{p.summary()} [{', '.join(flags)}]\n    {p.path}")
+        for s in p.shadows:
+            print(f"    shadows {s} (--model {p.name} picks this one)")
+        if p.shadowed_by is not None:
+            print(f"    shadowed by {p.shadowed_by}" + (" (a plain diagnose still runs this one)"
+                                                         if p.path == default else ""))
+    print(f"search order for --model NAME: {places}; a plain diagnose runs the bundled default")
     return 0
 
 
@@ -260,7 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("-q", "--quiet", action="store_true", help="no per-scan lines")
     b.set_defaults(func=cmd_batch)
 
-    m = sub.add_parser("models", help="list installed model packages")
+    m = sub.add_parser("models", help="list installed model packages (where each is, which is the default, "
+                                      "which shadows which)")
     m.add_argument("--json", action="store_true")
     m.set_defaults(func=cmd_models)
 
@@ -270,7 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seed: the original Image_Recognition_WebGUI checkpoints")
     i.add_argument("--name", required=True, help="name of the new package")
     i.add_argument("--dest", help="folder to put the package in (default: the user model folder)")
-    i.add_argument("--force", action="store_true", help="replace an existing package of that name")
+    i.add_argument("--force", action="store_true",
+                   help="replace an existing model package of that name (never a folder that is not one)")
     i.set_defaults(func=cmd_import)
 
     for name in PLUGIN_COMMANDS:

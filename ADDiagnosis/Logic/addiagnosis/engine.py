@@ -15,17 +15,15 @@ import numpy as np
 import torch
 
 from . import RESEARCH_USE, __version__
+from .card import AUTO_METHOD, METHOD_CHOICES, METHODS, SYNTHETIC_NOTICE, recommended_method  # noqa: F401
 from .errors import AddiagnosisError, ModelError
-from .lrp import DEFAULT_METHOD, METHODS, REFERENCE_METHODS, FastLRP
+from .lrp import REFERENCE_METHODS, FastLRP
 from .metrics import share_inside
 from .package import ModelPackage, find_package
 from .preprocess import prepare, reference_input
 from .volume import Volume
 
 Progress = Callable[[str, float], None]
-AUTO_METHOD = "auto"  # the model card's recommended method (``explanation.method``), else DEFAULT_METHOD
-METHOD_CHOICES = (AUTO_METHOD, *METHODS)
-SYNTHETIC_NOTICE = "Model trained on synthetic data: it demonstrates the method and says nothing about real patients."
 
 
 @dataclass
@@ -47,12 +45,15 @@ class DiagnosisResult:
     model_notice: str | None = None  # e.g. "trained on synthetic data" (shown wherever the result is)
     model_intended_use: str | None = None
     research_use: str = RESEARCH_USE
+    model_path: str | None = None  # the package folder the model came from
+    weights_sha256: str | None = None  # of the weights file actually loaded (checked against the card)
 
     def report(self, input_volume: Volume | None = None, extra: dict | None = None) -> dict:
         rep = {
             "research_use": self.research_use,
             "model": {"name": self.model_name, "version": self.model_version, "class_names": self.class_names,
-                      "notice": self.model_notice, "intended_use": self.model_intended_use},
+                      "notice": self.model_notice, "intended_use": self.model_intended_use,
+                      "path": self.model_path, "weights_sha256": self.weights_sha256},
             "probabilities": self.probabilities,
             "logits": dict(zip(self.class_names, self.logits)),
             "predicted_class": self.predicted,
@@ -99,12 +100,6 @@ def resolve_device(device: str | None) -> torch.device:
     return torch.device("cpu")
 
 
-def recommended_method(card: dict) -> str:
-    """The card's ``explanation.method`` when it names a known method, else :data:`DEFAULT_METHOD`."""
-    method = (card.get("explanation") or {}).get("method")
-    return method if method in METHODS else DEFAULT_METHOD
-
-
 class Diagnoser:
     """A loaded model package ready to diagnose many scans (weights read and folded once)."""
 
@@ -114,7 +109,7 @@ class Diagnoser:
         model = self.package.load_model("cpu")
         self.model = model
         self.engine = FastLRP(model, device=self.device)
-        self.recommended_method = recommended_method(self.package.card)
+        self.recommended_method = self.package.card.recommended_method
 
     def resolve_method(self, method: str | None) -> str:
         """``auto``/None -> the model's recommended method; prepares the reference input when one is needed."""
@@ -125,7 +120,7 @@ class Diagnoser:
         if method in REFERENCE_METHODS and self.engine.reference is None:
             ref = reference_input(self.package.card)
             if ref is None:
-                kind = (self.package.card.get("preprocessing") or {}).get("kind")
+                kind = self.package.card.preprocessing.kind
                 raise AddiagnosisError(f"{method} needs a reference scan, and this model's preprocessing ({kind}) "
                                        "defines none: choose another method")
             self.engine.set_reference(ref)
@@ -181,8 +176,9 @@ class Diagnoser:
             predicted=names[predicted], target=names[tgt], method=method, relevance=relevance,
             summary=summary, preprocessing=prepared.info, timings=timings, device=str(self.device),
             warnings=[str(w) for w in prepared.info.get("warnings", [])],
-            model_notice=SYNTHETIC_NOTICE if self.package.card.get("synthetic") else None,
-            model_intended_use=self.package.card.get("intended_use"),
+            model_notice=SYNTHETIC_NOTICE if self.package.card.synthetic else None,
+            model_intended_use=self.package.card.intended_use,
+            model_path=str(self.package.path.resolve()), weights_sha256=self.package.weights_sha256,
         )
 
 

@@ -1,99 +1,59 @@
 """Model packages (contract): a folder with ``card.json`` and the weights it names, checked by SHA-256.
 
-Weights are a plain ``state_dict`` read with ``torch.load(..., weights_only=True)`` only: a file that
-needs to unpickle code is refused. Packages are found, in order, in ``$ADDIAGNOSIS_MODEL_PATH``
-(``os.pathsep``-separated folders), the user folder (``$ADDIAGNOSIS_HOME/models``, default
-``$XDG_DATA_HOME/addiagnosis/models``) and the bundled ``ADDiagnosis/Resources/Models``.
+The card, its validation and where packages are found (and which wins when names collide) live in
+:mod:`addiagnosis.card`, torch-free; this file adds what needs torch: reading and writing the weights.
+Weights are a plain ``state_dict`` read with ``torch.load(..., weights_only=True)`` only, after the
+SHA-256 check: a file that needs to unpickle code is refused.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pickle
+import secrets
 import shutil
 import tempfile
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from . import card as cards
+from .card import (  # noqa: F401  (re-exported: the package API of earlier versions)
+    BUNDLED_DIR,
+    CARD,
+    FORMAT,
+    ModelCard,
+    PackageInfo,
+    read_card,
+    search_dirs,
+    sha256_file,
+    user_dir,
+)
 from .errors import ModelError
 from .model import ClassificationModel3D, input_shape_from_state_dict
-
-CARD = "card.json"
-FORMAT = "addiagnosis-model/1"
-BUNDLED_DIR = Path(__file__).resolve().parents[2] / "Resources" / "Models"
-REQUIRED = ("name", "version", "class_names", "input_grid", "preprocessing", "intended_use",
-            "training_data", "weights")
 
 SEED_CLASSES = ["AD", "CN", "MCI", "EMCI", "LMCI"]  # output order of the original checkpoints
 
 
-def user_dir() -> Path:
-    home = os.environ.get("ADDIAGNOSIS_HOME")
-    if home:
-        return Path(home) / "models"
-    data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(data) / "addiagnosis" / "models"
+class ModelPackage(PackageInfo):
+    """A package whose weights can be loaded (SHA-256 checked, ``weights_only``, strict state_dict)."""
 
-
-def search_dirs() -> list[Path]:
-    dirs = [Path(p) for p in os.environ.get("ADDIAGNOSIS_MODEL_PATH", "").split(os.pathsep) if p]
-    return dirs + [user_dir(), BUNDLED_DIR]
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-@dataclass
-class ModelPackage:
-    path: Path
-    card: dict
+    @classmethod
+    def of(cls, info: PackageInfo) -> ModelPackage:
+        return info if isinstance(info, cls) else cls(info.path, info.card, info.origin, info.shadows,
+                                                      info.shadowed_by)
 
     @property
-    def name(self) -> str:
-        return self.card["name"]
-
-    @property
-    def version(self) -> str:
-        return str(self.card["version"])
-
-    @property
-    def class_names(self) -> list[str]:
-        return list(self.card["class_names"])
-
-    @property
-    def weights_path(self) -> Path:
-        return self.path / self.card["weights"]["file"]
-
-    @property
-    def bundled(self) -> bool:
-        return BUNDLED_DIR in self.path.resolve().parents
-
-    def class_index(self, name: str) -> int:
-        for i, c in enumerate(self.class_names):
-            if c.lower() == str(name).lower():
-                return i
-        raise ModelError(f"unknown class {name!r}; this model knows {', '.join(self.class_names)}", self.name)
-
-    def summary(self) -> str:
-        grid = self.card["input_grid"]
-        return (f"{self.name} {self.version}: classes {'/'.join(self.class_names)}, grid "
-                f"{'x'.join(str(s) for s in grid['shape'])}, preprocessing {self.card['preprocessing']['kind']}")
+    def weights_sha256(self) -> str:
+        return self.card.weights.sha256
 
     def load_state_dict(self) -> dict:
         path = self.weights_path
         if not path.is_file():
             raise ModelError("weights file is missing", path)
-        want = str(self.card["weights"].get("sha256", "")).lower()
+        want = self.card.weights.sha256
         have = sha256_file(path)
         if want != have:
             raise ModelError(f"SHA-256 mismatch (card {want[:12]}..., file {have[:12]}...): refusing to load",
@@ -102,14 +62,21 @@ class ModelPackage:
 
     def load_model(self, device: str | torch.device = "cpu") -> ClassificationModel3D:
         state = self.load_state_dict()
-        shape = self.card["input_grid"]["shape"]
-        model = ClassificationModel3D(shape, n_classes=len(self.class_names))
+        check_outputs(state, self.class_names, self.weights_path)
+        model = ClassificationModel3D(self.card.input_grid.shape, n_classes=len(self.class_names))
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as exc:
             first = str(exc).splitlines()[0] if str(exc) else "mismatch"
             raise ModelError(f"weights do not fit the card's architecture ({first})", self.weights_path) from None
         return model.eval().to(device)
+
+
+def check_outputs(state: dict, class_names, where=None) -> None:
+    """The network's output count must equal the number of class names on the card."""
+    out = state.get("dense_2.weight")
+    if isinstance(out, torch.Tensor) and out.ndim == 2 and out.shape[0] != len(class_names):
+        raise ModelError(f"the card names {len(class_names)} classes but the weights output {out.shape[0]}", where)
 
 
 def safe_load_state_dict(path: str | os.PathLike) -> dict:
@@ -131,84 +98,93 @@ def safe_load_state_dict(path: str | os.PathLike) -> dict:
     return state
 
 
-def read_card(folder: Path) -> dict:
-    try:
-        card = json.loads((folder / CARD).read_text())
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"unreadable model card ({exc})", folder / CARD) from None
-    missing = [k for k in REQUIRED if k not in card]
-    if missing:
-        raise ModelError(f"model card lacks {', '.join(missing)}", folder / CARD)
-    return card
-
-
 def list_packages() -> list[ModelPackage]:
-    seen, out = set(), []
-    for root in search_dirs():
-        if not root.is_dir():
-            continue
-        for folder in sorted(p for p in root.iterdir() if (p / CARD).is_file()):
-            try:
-                card = read_card(folder)
-            except ModelError:
-                continue
-            if card["name"] in seen:
-                continue
-            seen.add(card["name"])
-            out.append(ModelPackage(folder, card))
-    return out
+    """Packages ``--model NAME`` can reach, each name once, in precedence order (see :mod:`addiagnosis.card`)."""
+    return [ModelPackage.of(p) for p in cards.list_packages()]
 
 
 def default_package() -> ModelPackage:
-    packages = list_packages()
-    bundled = [p for p in packages if p.bundled]
-    for p in bundled:
-        if p.card.get("default"):
-            return p
-    if bundled:
-        return bundled[0]
-    if packages:
-        return packages[0]
-    raise ModelError("no model package installed (import one with 'addiagnosis import-checkpoint' "
-                     "or train one with 'addiagnosis train')")
+    """What a plain ``diagnose`` runs: the bundled default package."""
+    return ModelPackage.of(cards.default_package())
 
 
 def find_package(name: str | None = None) -> ModelPackage:
     """A package by name, by folder path, or the default (bundled) one."""
-    if not name:
-        return default_package()
-    as_path = Path(name)
-    if (as_path / CARD).is_file():
-        return ModelPackage(as_path, read_card(as_path))
-    for p in list_packages():
-        if p.name == name:
-            return p
-    known = ", ".join(p.name for p in list_packages()) or "none installed"
-    raise ModelError(f"unknown model {name!r} (installed: {known})")
+    return ModelPackage.of(cards.find_package(name))
+
+
+def _umask() -> int:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # no /proc: read it the old way (set and restore)
+    os.umask(mask)
+    return mask
+
+
+def _replaceable(folder: Path) -> bool:
+    """May ``--force`` replace this path? Only an empty folder or a model package (a valid card.json)."""
+    if folder.is_symlink() or not folder.is_dir():
+        return False
+    if not any(folder.iterdir()):
+        return True
+    try:
+        read_card(folder)
+    except ModelError:
+        return False
+    return True
 
 
 def write_package(folder: str | os.PathLike, state_dict: dict, card: dict, overwrite: bool = False) -> ModelPackage:
-    """Write weights + card atomically (temporary folder, then rename)."""
+    """Write weights + card into a new folder, atomically (temporary sibling, then rename).
+
+    ``overwrite`` replaces only an existing model package (or an empty folder); the new folder and files get
+    the user's usual permissions (umask), as any other file they create."""
     folder = Path(folder)
-    if folder.exists() and not overwrite:
-        raise ModelError("a model package already exists here (use another name)", folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder.parent))
+    card = dict(card)
+    card.setdefault("format", FORMAT)
+    ModelCard.from_dict(card, require_weights=False)  # refuse a bad card before anything is written
+    check_outputs(state_dict, card["class_names"])
     try:
+        exists = os.path.lexists(folder)
+        if exists and not overwrite:
+            raise ModelError("already exists (choose another name, or --force to replace a model package)", folder)
+        if exists and not _replaceable(folder):
+            raise ModelError("exists and is not a model package (no valid card.json): refusing to replace it",
+                             folder)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    except OSError as exc:
+        raise ModelError(f"cannot create the package here ({exc.strerror or type(exc).__name__})", folder) from None
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700: other users could not read the package
         weights = tmp / "weights.pt"
         torch.save({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, weights)
-        card = dict(card)
-        card.setdefault("format", FORMAT)
         card["weights"] = {"file": weights.name, "sha256": sha256_file(weights), "format": "torch-state-dict"}
-        (tmp / CARD).write_text(json.dumps(card, indent=2) + "\n")
-        read_card(tmp)
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
+        (tmp / CARD).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+        written = read_card(tmp)
+        if exists:  # two renames: the old package is set aside and removed only once the new one is in place
+            old = folder.parent / f".{folder.name}.old-{secrets.token_hex(4)}"
+            os.rename(folder, old)
+            try:
+                os.rename(tmp, folder)
+            except BaseException:
+                os.rename(old, folder)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, folder)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ModelError(f"cannot write the package ({exc.strerror or type(exc).__name__})", folder) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return ModelPackage(folder, card)
+    return ModelPackage(folder, written, "path")
 
 
 def seed_card(name: str, source: Path, state: dict, input_shape) -> dict:
@@ -237,8 +213,7 @@ def import_checkpoint(file: str | os.PathLike, name: str, preset: str = "seed",
         raise ModelError("no such checkpoint file", source)
     if preset != "seed":
         raise ModelError(f"unknown preset {preset!r} (known: seed)")
-    if not name or any(c in name for c in "/\\") or name.startswith("."):
-        raise ModelError(f"invalid package name {name!r}")
+    cards.check_name(name, "package name")
     state = safe_load_state_dict(source)
     try:
         shape = input_shape_from_state_dict(state, [(160, 256, 256), (166, 256, 256)])
