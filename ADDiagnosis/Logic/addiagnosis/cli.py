@@ -213,7 +213,7 @@ def cmd_models(args) -> int:
         flags = [f for f, on in (("default", p.path == default), (p.origin, True)) if on]
         print(f"{p.summary()} [{', '.join(flags)}]\n    {p.path}")
         for s in p.shadows:
-            print(f"    shadows {s} (--model {p.name} picks this one)")
+            print(f"    shadows {s} (same name: --model {p.name} picks the one above)")
         if p.shadowed_by is not None:
             print(f"    shadowed by {p.shadowed_by}" + (" (a plain diagnose still runs this one)"
                                                          if p.path == default else ""))
