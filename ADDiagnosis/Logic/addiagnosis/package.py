@@ -139,6 +139,22 @@ def _replaceable(folder: Path) -> bool:
     return True
 
 
+def check_destination(folder: str | os.PathLike, overwrite: bool = False) -> bool:
+    """Refuse, in one line, a destination :func:`write_package` would refuse (call it before long work);
+    returns whether something is there to replace."""
+    folder = Path(folder)
+    try:
+        exists = os.path.lexists(folder)
+        if exists and not overwrite:
+            raise ModelError("already exists (choose another name, or --force to replace a model package)", folder)
+        if exists and not _replaceable(folder):
+            raise ModelError("exists and is not a model package (no valid card.json): refusing to replace it",
+                             folder)
+    except OSError as exc:
+        raise ModelError(f"cannot use this destination ({exc.strerror or type(exc).__name__})", folder) from None
+    return exists
+
+
 def write_package(folder: str | os.PathLike, state_dict: dict, card: dict, overwrite: bool = False) -> ModelPackage:
     """Write weights + card into a new folder, atomically (temporary sibling, then rename).
 
@@ -149,13 +165,8 @@ def write_package(folder: str | os.PathLike, state_dict: dict, card: dict, overw
     card.setdefault("format", FORMAT)
     ModelCard.from_dict(card, require_weights=False)  # refuse a bad card before anything is written
     check_outputs(state_dict, card["class_names"])
+    exists = check_destination(folder, overwrite)
     try:
-        exists = os.path.lexists(folder)
-        if exists and not overwrite:
-            raise ModelError("already exists (choose another name, or --force to replace a model package)", folder)
-        if exists and not _replaceable(folder):
-            raise ModelError("exists and is not a model package (no valid card.json): refusing to replace it",
-                             folder)
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
     except OSError as exc:
@@ -214,6 +225,8 @@ def import_checkpoint(file: str | os.PathLike, name: str, preset: str = "seed",
     if preset != "seed":
         raise ModelError(f"unknown preset {preset!r} (known: seed)")
     cards.check_name(name, "package name")
+    dest = Path(dest_root) if dest_root else user_dir()
+    check_destination(dest / name, overwrite)  # before reading a large checkpoint
     state = safe_load_state_dict(source)
     try:
         shape = input_shape_from_state_dict(state, [(160, 256, 256), (166, 256, 256)])
@@ -226,5 +239,4 @@ def import_checkpoint(file: str | os.PathLike, name: str, preset: str = "seed",
         raise ModelError(f"does not fit the seed architecture ({str(exc).splitlines()[0]})", source) from None
     if model.dense_2.out_features != len(SEED_CLASSES):
         raise ModelError(f"seed preset needs 5 outputs, checkpoint has {model.dense_2.out_features}", source)
-    dest = Path(dest_root) if dest_root else user_dir()
     return write_package(dest / name, model.state_dict(), seed_card(name, source, state, shape), overwrite)
