@@ -401,6 +401,11 @@ def test_a_name_is_not_taken_from_the_working_folder(search, tmp_path, monkeypat
     monkeypatch.chdir(local)
     assert find_package("demo").version == "1"
     assert find_package("./demo").version == "local"
+    with pytest.raises(ModelError, match="no such model package folder"):
+        find_package("./nothing")
+    (local / "empty").mkdir()
+    with pytest.raises(ModelError, match=r"empty: not a model package \(no card.json\)"):
+        find_package(str(local / "empty"))
     make_pkg(local, "only-here")
     assert find_package("only-here").path == Path("only-here")  # no package of that name: the folder
 

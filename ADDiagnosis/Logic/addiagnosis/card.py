@@ -622,7 +622,12 @@ def find_package(name: str | os.PathLike | None = None) -> PackageInfo:
         return default_package()
     name = str(name)
     if _looks_like_path(name):
-        return read_package(Path(name).expanduser())
+        folder = Path(name).expanduser()
+        if not folder.is_dir():
+            raise ModelError("no such model package folder", folder)
+        if not ((folder / CARD).exists() or (folder / CARD).is_symlink()):
+            raise ModelError(f"not a model package (no {CARD})", folder)
+        return read_package(folder)
     packages = scan_packages()
     for p in packages:
         if p.name == name and p.shadowed_by is None:
