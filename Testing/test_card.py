@@ -162,6 +162,9 @@ HOSTILE = {
     "shape bool": (valid_card(input_grid={"shape": [True, 96, 80]}), "(got true/false)"),
     "shape negative": (valid_card(input_grid={"shape": [-80, 96, 80]}), "integers from 1"),
     "shape huge": (valid_card(input_grid={"shape": [10**9, 96, 80]}), "integers from 1 to 4096"),
+    "shape giant integer": ('{"input_grid": {"shape": [1' + "0" * 400 + ', 8, 8]}, '
+                            + json.dumps(valid_card())[1:].replace('"input_grid"', '"_grid"'), "integers from 1"),
+    "spacing infinite": (valid_card(input_grid={"shape": [8, 8, 8], "spacing": [1e999, 1, 1]}), "positive numbers"),
     "spacing zero": (valid_card(input_grid={"shape": [80, 96, 80], "spacing": [0, 2, 2]}), "positive numbers"),
     "spacing string": (valid_card(input_grid={"shape": [80, 96, 80], "spacing": "2"}), "(got text)"),
     "spacing NaN": (json.dumps(valid_card(input_grid={"shape": [8, 8, 8], "spacing": [float("nan"), 1, 1]})),
@@ -178,6 +181,7 @@ HOSTILE = {
     "weights backslash": (valid_card(weights={"file": "..\\x", "sha256": SHA}), "inside the package"),
     "weights folder": (valid_card(weights={"file": ".", "sha256": SHA}), "inside the package"),
     "weights sha short": (valid_card(weights={"file": "weights.pt", "sha256": "abc"}), "64 hexadecimal"),
+    "weights sha newline": (valid_card(weights={"file": "weights.pt", "sha256": SHA + "\n"}), "64 hexadecimal"),
     "weights sha null": (valid_card(weights={"file": "weights.pt", "sha256": None}), "(got null)"),
     "weights pickle format": (valid_card(weights={"file": "weights.pt", "sha256": SHA, "format": "pickle"}),
                               "is not 'torch-state-dict'"),
