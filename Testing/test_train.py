@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from addiagnosis import train
+from addiagnosis import dataset, train
 from addiagnosis.errors import AddiagnosisError
 from addiagnosis.model import ClassificationModel3D
 from addiagnosis.package import find_package
@@ -37,7 +37,7 @@ def folder_data(tmp_path_factory):
 
 
 def test_items_from_class_folders_use_subject_ids(folder_data):
-    items = train.load_items(folder_data)
+    items = dataset.load_items(folder_data)
     assert len(items) == 20 and {it.label for it in items} == {"CN", "AD"}
     assert all("_S_" in it.subject for it in items)
 
@@ -45,20 +45,20 @@ def test_items_from_class_folders_use_subject_ids(folder_data):
 def test_table_with_unknown_label_is_refused(tmp_path):
     (tmp_path / "t.tsv").write_text("subject\tdiagnosis\tscan\ns1\tXYZ\ta.nii.gz\n")
     with pytest.raises(AddiagnosisError, match="unknown label"):
-        train.load_items(tmp_path / "t.tsv")
+        dataset.load_items(tmp_path / "t.tsv")
 
 
 def test_split_is_by_subject_stratified_and_seeded():
-    items = [train.Item(f"s{i}", train.CLASSES[i % 5], None) for i in range(100) for _ in range(3)]
-    split = train.split_subjects(items, seed=1)
-    assert split == train.split_subjects(items, seed=1)
-    assert split != train.split_subjects(items, seed=2)
+    items = [dataset.Item(f"s{i}", dataset.CLASSES[i % 5], None) for i in range(100) for _ in range(3)]
+    split = dataset.split_subjects(items, seed=1)
+    assert split == dataset.split_subjects(items, seed=1)
+    assert split != dataset.split_subjects(items, seed=2)
     sides = {}
     for it in items:
         sides.setdefault(it.subject, set()).add(split[it.subject])
     assert all(len(s) == 1 for s in sides.values())  # one side per subject, all of its scans
-    for c in train.CLASSES:
-        subs = [s for s in split if int(s[1:]) % 5 == train.CLASSES.index(c)]
+    for c in dataset.CLASSES:
+        subs = [s for s in split if int(s[1:]) % 5 == dataset.CLASSES.index(c)]
         counts = {k: sum(split[s] == k for s in subs) for k in ("train", "val", "test")}
         assert counts == {"train": 14, "val": 3, "test": 3}
 
@@ -74,7 +74,7 @@ def test_smoke_training_lowers_loss_and_resumes(folder_data, tmp_path):
     assert set(card["metrics"]) == {"val", "test"}
     assert "explanation" not in card  # physical preprocessing has no healthy reference: plain LRP by default
     pkg = find_package(str(out))
-    items = train.load_items(folder_data)
+    items = dataset.load_items(folder_data)
     files = train.preprocess_all(items, {"preprocessing": PHYSICAL,
                                          "input_grid": {"shape": list(GRID), "spacing": [1.2] * 3}},
                                  tmp_path / "cache", 1, log=lambda m: None)

@@ -31,10 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .dataset import CLASSES
 from .errors import AddiagnosisError
 from .template import CSF_LEVEL, LANDMARKS_MNI, MNI_NOTICE, atlas
 
-CLASSES = ["CN", "EMCI", "MCI", "LMCI", "AD"]
 STAGE = {"CN": 0.0, "EMCI": 0.25, "MCI": 0.5, "LMCI": 0.75, "AD": 1.0}
 DEFAULTS = {
     "severity_sd": 0.05,

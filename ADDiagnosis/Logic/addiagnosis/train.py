@@ -23,16 +23,14 @@ DistributedDataParallel (gloo on CPU, nccl on GPU): each process takes its share
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import math
 import os
-import re
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -40,130 +38,84 @@ import torch
 import torch.nn.functional as F
 
 from . import __version__
+from .align import DEFAULT_CENTRE_MNI
+from .dataset import CLASSES, Item, load_items, split_subjects
 from .errors import AddiagnosisError
 from .metrics import classification_report
 from .model import ClassificationModel3D
 
-CLASSES = ["CN", "EMCI", "MCI", "LMCI", "AD"]
+__all__ = ["CLASSES", "Item", "TrainConfig", "load_items", "preprocess_all", "split_subjects", "train"]
+
 DEFAULT_GRID = {"shape": [80, 96, 80], "spacing": [2.0, 2.0, 2.0],
                 "orientation": "RAS, MNI152 space (template alignment)"}
-DEFAULT_PREPROCESSING = {"kind": "template", "centre_mni": [0.0, -18.0, 16.0], "skull_strip": True,
+DEFAULT_PREPROCESSING = {"kind": "template", "centre_mni": list(DEFAULT_CENTRE_MNI), "skull_strip": True,
                          "normalise": {"low": 1.0, "high": 99.0, "clip": [0.0, 1.5]}}
-ID_COLS = ("participant_id", "subject", "subject_id", "id", "rid", "ptid")
-LABEL_COLS = ("class", "label", "diagnosis", "group", "dx")
-SCAN_COLS = ("scan", "path", "file", "image")
-ADNI_ID = re.compile(r"\d{3}_S_\d{4}")
+PHYSICAL_PREPROCESSING = {"kind": "physical", "centre": "head", "normalise": {"low": 0.5, "high": 99.5}}
 
 
 @dataclass
-class Item:
-    subject: str
-    label: str
-    path: Path
-    mask: Path | None = None
+class TrainConfig:
+    """Everything :func:`train` can be told besides where the data is and where the package goes."""
+
+    seed: int = 0
+    epochs: int = 40
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    patience: int = 8  # epochs without a better validation balanced accuracy before stopping
+    max_minutes: float | None = None  # time box of the epoch loop
+    grid_shape: list | tuple | None = None  # model grid shape (default DEFAULT_GRID's)
+    spacing: float | None = None  # model grid spacing in mm (default DEFAULT_GRID's)
+    preprocessing: dict | None = None  # the card's preprocessing (default DEFAULT_PREPROCESSING)
+    cache: str | None = None  # folder for preprocessed arrays (default next to the data)
+    workers: int = 2  # preprocessing processes
+    threads: int = 2  # torch threads per process
+    fractions: tuple = (0.7, 0.15, 0.15)  # train/validation/test share of the subjects
+    name: str | None = None  # package name (default: the output folder's name)
+    version: str = "1"
+    default: bool = False  # mark the package as the default model
+    augment_data: bool = True
+
+    def grid(self) -> dict:
+        grid = dict(DEFAULT_GRID)
+        if self.grid_shape:
+            grid["shape"] = [int(s) for s in self.grid_shape]
+        if self.spacing:
+            grid["spacing"] = [float(self.spacing)] * 3
+        return grid
+
+    def early_stop(self) -> str:
+        return f"early stopping (no better validation balanced accuracy for {self.patience} epochs)"
+
+    def resume_key(self, d: TrainingData) -> str:
+        """What a checkpoint must have been written with to be resumed (on the data ``d``)."""
+        return json.dumps({"seed": self.seed, "grid": d.card["input_grid"], "pre": d.card["preprocessing"],
+                           "classes": d.classes, "lr": self.lr, "batch": self.batch_size,
+                           "fractions": list(self.fractions)}, sort_keys=True)
+
+
+@dataclass
+class TrainingData:
+    """The preprocessed dataset in memory, split by subject."""
+
+    items: list[Item]
+    classes: list[str]
+    card: dict  # input_grid, preprocessing, class_names: what the new package's card says about its input
+    X: torch.Tensor  # float16 (N,1,D,H,W)
+    y: torch.Tensor  # class indices (N,)
+    idx: dict[str, list[int]]  # 'train'/'val'/'test' -> item indices
+    subjects: dict[str, int]  # 'train'/'val'/'test' -> number of subjects
+
+
+@dataclass
+class Progress:
+    """What the checkpoint keeps besides the current weights: the loop's state and the best weights."""
+
+    state: dict
+    best: dict | None = None
 
 
 # ------------------------------------------------------------------------------------------ data
-def _find_col(header: list[str], names) -> str | None:
-    low = {h.lower().strip(): h for h in header}
-    for n in names:
-        if n in low:
-            return low[n]
-    return None
-
-
-def read_table(path: Path) -> list[Item]:
-    delim = "," if path.suffix.lower() == ".csv" else "\t"
-    with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh, delimiter=delim))
-    if not rows:
-        raise AddiagnosisError("table has no rows", path)
-    header = list(rows[0].keys())
-    sid, lab = _find_col(header, ID_COLS), _find_col(header, LABEL_COLS)
-    scan, mask = _find_col(header, SCAN_COLS), _find_col(header, ("mask", "atrophy_mask"))
-    if sid is None or lab is None:
-        raise AddiagnosisError(f"table needs a subject id column ({'/'.join(ID_COLS)}) and a label column "
-                               f"({'/'.join(LABEL_COLS)}); it has {', '.join(header)}", path)
-    base = path.parent
-    items = []
-    for r in rows:
-        s = str(r[sid]).strip()
-        if scan and r.get(scan):
-            p = Path(r[scan])
-            p = p if p.is_absolute() else base / p
-        else:
-            cands = [base / f"{s}.nii.gz", base / f"{s}.nii", base / "scans" / f"{s}.nii.gz"]
-            p = next((c for c in cands if c.exists()), cands[0])
-        m = None
-        if mask and r.get(mask):
-            m = Path(r[mask])
-            m = m if m.is_absolute() else base / m
-        items.append(Item(s, str(r[lab]).strip(), p, m))
-    return items
-
-
-def load_items(data: str | os.PathLike) -> list[Item]:
-    """Items (subject, label, scan path) from a class-folder tree, a folder with participants.tsv, or a table."""
-    data = Path(data)
-    if not data.exists():
-        raise AddiagnosisError("no such data folder or table", data)
-    if data.is_file():
-        items = read_table(data)
-    elif (data / "participants.tsv").is_file():
-        items = read_table(data / "participants.tsv")
-    else:
-        items = []
-        for sub in sorted(p for p in data.iterdir() if p.is_dir()):
-            label = next((c for c in CLASSES if c.lower() == sub.name.lower()), None)
-            if label is None:
-                continue
-            for f in sorted(sub.rglob("*")):
-                if f.name.endswith((".nii", ".nii.gz")):
-                    m = ADNI_ID.search(str(f.relative_to(data)))
-                    sid = m.group(0) if m else f.name.split(".nii")[0]
-                    items.append(Item(sid, label, f))
-        if not items:
-            raise AddiagnosisError("found no class sub-folders (AD/ CN/ EMCI/ LMCI/ MCI/) with .nii/.nii.gz "
-                                   "scans, and no participants.tsv", data)
-    for it in items:
-        canon = next((c for c in CLASSES if c.lower() == it.label.lower()), None)
-        if canon is None:
-            raise AddiagnosisError(f"unknown label {it.label!r} for subject {it.subject} "
-                                   f"(known: {', '.join(CLASSES)})", data)
-        it.label = canon
-    missing = [str(it.path) for it in items if not it.path.exists()]
-    if missing:
-        raise AddiagnosisError(f"{len(missing)} scan(s) missing, e.g. {missing[0]}", data)
-    return items
-
-
-def split_subjects(items: list[Item], fractions=(0.7, 0.15, 0.15), seed: int = 0) -> dict[str, str]:
-    """Subject -> 'train'/'val'/'test', stratified by class; all scans of a subject share one side."""
-    labels: dict[str, list[str]] = {}
-    for it in items:
-        labels.setdefault(it.subject, []).append(it.label)
-    by_class: dict[str, list[str]] = {}
-    for s, labs in sorted(labels.items()):
-        major = max(sorted(set(labs)), key=labs.count)
-        by_class.setdefault(major, []).append(s)
-    rng = np.random.default_rng([int(seed), 42])
-    out = {}
-    f_val = fractions[1]
-    f_test = fractions[2] if len(fractions) > 2 else 0.0
-    for c in sorted(by_class):
-        subs = list(by_class[c])
-        rng.shuffle(subs)
-        n = len(subs)
-        n_val = int(round(n * f_val))
-        n_test = int(round(n * f_test))
-        if n >= 3:
-            n_val, n_test = max(n_val, 1), max(n_test, 1 if f_test > 0 else 0)
-        n_train = max(n - n_val - n_test, 0)
-        for i, s in enumerate(subs):
-            out[s] = "train" if i < n_train else ("val" if i < n_train + n_val else "test")
-    return out
-
-
 def _cache_key(card: dict) -> str:
     spec = {"pre": card["preprocessing"], "grid": card["input_grid"]["shape"],
             "spacing": card["input_grid"]["spacing"]}
@@ -249,180 +201,221 @@ def predict(model, X: torch.Tensor, batch: int = 8) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros((0, model.dense_2.out_features))
 
 
-def train(data, out, *, seed: int = 0, epochs: int = 40, batch_size: int = 8, lr: float = 1e-3,
-          weight_decay: float = 1e-4, patience: int = 8, max_minutes: float | None = None,
-          grid_shape=None, spacing=None, preprocessing: dict | None = None, cache: str | None = None,
-          workers: int = 2, threads: int = 2, fractions=(0.7, 0.15, 0.15), name: str | None = None,
-          version: str = "1", default: bool = False, log=print, augment_data: bool = True) -> dict:
-    """Train and write a package; returns the card."""
+def train(data, out, config: TrainConfig | None = None, *, log=print, **options) -> dict:
+    """Train and write a package; returns the card. ``options`` override fields of ``config``."""
+    cfg = replace(config or TrainConfig(), **options)
     t_start = time.time()
     dist, rank, world = _dist()
-    torch.set_num_threads(max(1, int(threads)))
+    torch.set_num_threads(max(1, int(cfg.threads)))
     out = Path(out)
     say = log if rank == 0 else (lambda *a, **k: None)
-    items = load_items(data)
-    classes = [c for c in CLASSES if any(it.label == c for it in items)]
-    if len(classes) < 2:
-        raise AddiagnosisError(f"need at least two classes to train; found {classes}")
-    grid = dict(DEFAULT_GRID)
-    if grid_shape:
-        grid["shape"] = [int(s) for s in grid_shape]
-    if spacing:
-        grid["spacing"] = [float(spacing)] * 3
-    pre = dict(preprocessing or DEFAULT_PREPROCESSING)
-    card = {"input_grid": grid, "preprocessing": pre, "class_names": classes}
-    data_path = Path(data)
-    cache_dir = Path(cache) if cache else (data_path if data_path.is_dir() else data_path.parent) / \
-        ".addiagnosis-cache" / _cache_key(card)
-    if rank == 0:
-        files = preprocess_all(items, card, cache_dir, workers, say)
-    if dist is not None:
-        dist.barrier()
-        if rank != 0:
-            files = preprocess_all(items, card, cache_dir, 1, say)
-    split = split_subjects(items, fractions, seed)
-    idx = {k: [i for i, it in enumerate(items) if split[it.subject] == k] for k in ("train", "val", "test")}
-    if not idx["train"] or not idx["val"]:
-        raise AddiagnosisError("too few subjects for a train/validation split")
-    X = torch.from_numpy(np.stack([np.load(f) for f in files]))[:, None]  # float16 (N,1,D,H,W)
-    y = torch.tensor([classes.index(it.label) for it in items])
-    n_sub = {k: len({items[i].subject for i in v}) for k, v in idx.items()}
-    say(f"data: {len(items)} scans of {len(split)} subjects; split by subject: "
-        f"train {n_sub['train']}, val {n_sub['val']}, test {n_sub['test']} (seed {seed})")
+    d = load_training_data(data, cfg, dist, rank, say)
 
-    torch.manual_seed(seed)
-    model = ClassificationModel3D(grid["shape"], n_classes=len(classes))
-    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    ckpt_dir = out.parent / (out.name + ".train")
-    ckpt = ckpt_dir / "last.pt"
-    state = {"epoch": 0, "best_bacc": -1.0, "best_epoch": -1, "bad_epochs": 0, "history": [],
-             "elapsed": 0.0}
-    best_state = None
-    if ckpt.exists():
-        saved = torch.load(str(ckpt), map_location="cpu", weights_only=True)
-        if saved.get("config") != _config(seed, grid, pre, classes, lr, batch_size, fractions):
-            raise AddiagnosisError("a checkpoint from a different configuration exists; remove it or use "
-                                   "another --out", ckpt)
-        model.load_state_dict(saved["model"])
-        opt.load_state_dict(saved["optimizer"])
-        best_state = saved["best_model"]
-        state = json.loads(saved["state"])
-        say(f"resuming from {ckpt} after epoch {state['epoch']}")
-    net = model
-    if dist is not None:
-        net = torch.nn.parallel.DistributedDataParallel(model)
-
-    ytr = y[idx["train"]]
-    counts = torch.bincount(ytr, minlength=len(classes)).double()
-    weights = (1.0 / counts.clamp(min=1))[ytr]
-    n_per_epoch = len(idx["train"])
-    steps = math.ceil(n_per_epoch / (batch_size * world))
-    Xval, yval = X[idx["val"]], y[idx["val"]].numpy()
-    budget = None if max_minutes is None else max_minutes * 60.0
-    run_t0 = time.time() - state["elapsed"]
-    epoch_times = []
-    stop_reason = "max epochs"
-    if state["bad_epochs"] >= patience:  # a finished run, resumed: write the package again, train no more
-        stop_reason = f"early stopping (no better validation balanced accuracy for {patience} epochs)"
-    elif budget is not None and state.get("stop", "").startswith("time budget"):
-        stop_reason = state["stop"]
-    while state["epoch"] < epochs and not stop_reason.startswith(("early", "time")):
-        ep = state["epoch"] + 1
-        gen = torch.Generator().manual_seed(seed * 100_003 + ep)
-        order = torch.multinomial(weights, n_per_epoch, replacement=True, generator=gen)
-        order = order[rank::world]
-        net.train()
-        t_ep = time.time()
-        losses = []
-        for s in range(steps):
-            bi = order[s * batch_size:(s + 1) * batch_size]
-            if len(bi) == 0:
-                continue
-            tr = torch.tensor(idx["train"])[bi]
-            xb = X[tr].float()
-            if augment_data:
-                xb = augment(xb, gen)
-            loss = F.cross_entropy(net(xb), y[tr])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(loss.detach().item())
-            if rank == 0 and (s + 1) % 10 == 0:
-                per_step = (time.time() - t_ep) / (s + 1)
-                left = per_step * (steps - s - 1) + per_step * steps * (epochs - ep)
-                if budget is not None:
-                    left = min(left, max(budget - (time.time() - run_t0), 0))
-                say(f"epoch {ep}/{epochs} step {s + 1}/{steps} loss {np.mean(losses[-10:]):.3f} "
-                    f"elapsed {(time.time() - run_t0) / 60:.1f} min, ETA {left / 60:.1f} min")
-        pv = predict(model, Xval)
-        rep = classification_report(pv, yval, classes)
-        bacc = rep["balanced_accuracy"]
-        epoch_times.append(time.time() - t_ep)
-        improved = bacc > state["best_bacc"] + 1e-9 or (
-            abs(bacc - state["best_bacc"]) <= 1e-9 and rep["nll"] < state.get("best_nll", 1e9))
-        if improved:
-            state.update(best_bacc=bacc, best_epoch=ep, bad_epochs=0, best_nll=rep["nll"])
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        else:
-            state["bad_epochs"] += 1
-        state["epoch"] = ep
-        state["elapsed"] = time.time() - run_t0
-        state["history"].append({"epoch": ep, "train_loss": float(np.mean(losses)) if losses else None,
-                                 "val_balanced_accuracy": bacc, "val_nll": rep["nll"],
-                                 "seconds": round(epoch_times[-1], 1)})
-        say(f"epoch {ep}: train loss {np.mean(losses):.3f}, val balanced accuracy {bacc:.3f} "
-            f"(best {state['best_bacc']:.3f} at epoch {state['best_epoch']}), {epoch_times[-1]:.0f} s")
-        if state["bad_epochs"] >= patience:
-            stop_reason = f"early stopping (no better validation balanced accuracy for {patience} epochs)"
-        elif budget is not None and state["elapsed"] + np.mean(epoch_times) > budget:
-            stop_reason = f"time budget ({max_minutes} min)"
-        state["stop"] = stop_reason
-        if rank == 0:
-            ckpt_dir.mkdir(parents=True, exist_ok=True)
-            tmp = ckpt_dir / "last.pt.tmp"
-            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "best_model": best_state,
-                        "state": json.dumps(state),
-                        "config": _config(seed, grid, pre, classes, lr, batch_size, fractions)}, str(tmp))
-            os.replace(tmp, ckpt)
-        if stop_reason != "max epochs":
-            break
+    torch.manual_seed(cfg.seed)
+    model = ClassificationModel3D(d.card["input_grid"]["shape"], n_classes=len(d.classes))
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    ckpt = out.parent / (out.name + ".train") / "last.pt"
+    progress = resume(ckpt, model, opt, cfg.resume_key(d), say)
+    net = model if dist is None else torch.nn.parallel.DistributedDataParallel(model)
+    stop_reason = epoch_loop(net, model, opt, d, cfg, progress, ckpt if rank == 0 else None, rank, world, say)
+    state = progress.state
     say(f"stopped: {stop_reason}; best epoch {state['best_epoch']} (val balanced accuracy "
         f"{state['best_bacc']:.3f})")
     if dist is not None:
         dist.barrier()
     if rank != 0:
         return {}
-    model.load_state_dict(best_state)
+    model.load_state_dict(progress.best)
     model.eval()
-    reports = {}
-    for k in ("val", "test"):
-        if idx[k]:
-            reports[k] = classification_report(predict(model, X[idx[k]]), y[idx[k]].numpy(), classes)
+    reports = {k: classification_report(predict(model, d.X[d.idx[k]]), d.y[d.idx[k]].numpy(), d.classes)
+               for k in ("val", "test") if d.idx[k]}
+    card_out = model_card(out, cfg, d, progress, stop_reason, reports, Path(data), world)
+    from .package import write_package
+
+    write_package(out, model.state_dict(), card_out, overwrite=True)
+    say(f"wrote model package {out} in {(time.time() - t_start) / 60:.1f} min")
+    return card_out
+
+
+def load_training_data(data, cfg: TrainConfig, dist=None, rank: int = 0, log=print) -> TrainingData:
+    """Items, preprocessed once into the cache (rank 0 first), loaded into memory and split by subject."""
+    items = load_items(data)
+    classes = [c for c in CLASSES if any(it.label == c for it in items)]
+    if len(classes) < 2:
+        raise AddiagnosisError(f"need at least two classes to train; found {classes}")
+    card = {"input_grid": cfg.grid(), "preprocessing": dict(cfg.preprocessing or DEFAULT_PREPROCESSING),
+            "class_names": classes}
+    data_path = Path(data)
+    cache_dir = Path(cfg.cache) if cfg.cache else (data_path if data_path.is_dir() else data_path.parent) / \
+        ".addiagnosis-cache" / _cache_key(card)
+    if rank == 0:
+        files = preprocess_all(items, card, cache_dir, cfg.workers, log)
+    if dist is not None:
+        dist.barrier()
+        if rank != 0:
+            files = preprocess_all(items, card, cache_dir, 1, log)
+    split = split_subjects(items, cfg.fractions, cfg.seed)
+    idx = {k: [i for i, it in enumerate(items) if split[it.subject] == k] for k in ("train", "val", "test")}
+    if not idx["train"] or not idx["val"]:
+        raise AddiagnosisError("too few subjects for a train/validation split")
+    X = torch.from_numpy(np.stack([np.load(f) for f in files]))[:, None]  # float16 (N,1,D,H,W)
+    y = torch.tensor([classes.index(it.label) for it in items])
+    n_sub = {k: len({items[i].subject for i in v}) for k, v in idx.items()}
+    log(f"data: {len(items)} scans of {len(split)} subjects; split by subject: "
+        f"train {n_sub['train']}, val {n_sub['val']}, test {n_sub['test']} (seed {cfg.seed})")
+    return TrainingData(items, classes, card, X, y, idx, n_sub)
+
+
+# ------------------------------------------------------------------------------------------ resume
+def resume(ckpt: Path, model, opt, key: str, log=print) -> Progress:
+    """The loop's progress from ``ckpt`` (weights and optimiser loaded), or a fresh start."""
+    progress = Progress({"epoch": 0, "best_bacc": -1.0, "best_epoch": -1, "bad_epochs": 0, "history": [],
+                         "elapsed": 0.0})
+    if ckpt.exists():
+        saved = torch.load(str(ckpt), map_location="cpu", weights_only=True)
+        if saved.get("config") != key:
+            raise AddiagnosisError("a checkpoint from a different configuration exists; remove it or use "
+                                   "another --out", ckpt)
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        progress = Progress(json.loads(saved["state"]), saved["best_model"])
+        log(f"resuming from {ckpt} after epoch {progress.state['epoch']}")
+    return progress
+
+
+def save_checkpoint(ckpt: Path, model, opt, progress: Progress, key: str) -> None:
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    tmp = ckpt.parent / "last.pt.tmp"
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "best_model": progress.best,
+                "state": json.dumps(progress.state), "config": key}, str(tmp))
+    os.replace(tmp, ckpt)
+
+
+# ------------------------------------------------------------------------------------------ epochs
+def epoch_loop(net, model, opt, d: TrainingData, cfg: TrainConfig, progress: Progress, ckpt: Path | None,
+               rank: int = 0, world: int = 1, log=print) -> str:
+    """Train until ``cfg.epochs``, early stopping or the time box; checkpoint to ``ckpt`` after every epoch.
+
+    ``net`` is ``model`` or its DistributedDataParallel wrapper. Returns why the loop stopped.
+    """
+    state = progress.state
+    ytr = d.y[d.idx["train"]]
+    counts = torch.bincount(ytr, minlength=len(d.classes)).double()
+    weights = (1.0 / counts.clamp(min=1))[ytr]
+    n_per_epoch = len(d.idx["train"])
+    steps = math.ceil(n_per_epoch / (cfg.batch_size * world))
+    Xval, yval = d.X[d.idx["val"]], d.y[d.idx["val"]].numpy()
+    budget = None if cfg.max_minutes is None else cfg.max_minutes * 60.0
+    run_t0 = time.time() - state["elapsed"]
+    epoch_times = []
+    key = cfg.resume_key(d)
+    stop_reason = "max epochs"
+    if state["bad_epochs"] >= cfg.patience:  # a finished run, resumed: write the package again, train no more
+        stop_reason = cfg.early_stop()
+    elif budget is not None and state.get("stop", "").startswith("time budget"):
+        stop_reason = state["stop"]
+    while state["epoch"] < cfg.epochs and not stop_reason.startswith(("early", "time")):
+        ep = state["epoch"] + 1
+        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + ep)
+        order = torch.multinomial(weights, n_per_epoch, replacement=True, generator=gen)
+        order = order[rank::world]
+        net.train()
+        t_ep = time.time()
+        losses = train_epoch(net, opt, d, order, gen, cfg, steps, ep, run_t0, budget, log)
+        rep = classification_report(predict(model, Xval), yval, d.classes)
+        epoch_times.append(time.time() - t_ep)
+        _record_epoch(progress, model, ep, losses, rep, epoch_times[-1], log)
+        state["elapsed"] = time.time() - run_t0
+        if state["bad_epochs"] >= cfg.patience:
+            stop_reason = cfg.early_stop()
+        elif budget is not None and state["elapsed"] + np.mean(epoch_times) > budget:
+            stop_reason = f"time budget ({cfg.max_minutes} min)"
+        state["stop"] = stop_reason
+        if ckpt is not None:
+            save_checkpoint(ckpt, model, opt, progress, key)
+        if stop_reason != "max epochs":
+            break
+    return stop_reason
+
+
+def train_epoch(net, opt, d: TrainingData, order: torch.Tensor, gen: torch.Generator, cfg: TrainConfig,
+                steps: int, ep: int, run_t0: float, budget: float | None = None, log=print) -> list[float]:
+    """``steps`` optimiser steps over this process's share ``order`` of the sampled items; the losses."""
+    t_ep = time.time()
+    losses = []
+    for s in range(steps):
+        bi = order[s * cfg.batch_size:(s + 1) * cfg.batch_size]
+        if len(bi) == 0:
+            continue
+        tr = torch.tensor(d.idx["train"])[bi]
+        xb = d.X[tr].float()
+        if cfg.augment_data:
+            xb = augment(xb, gen)
+        loss = F.cross_entropy(net(xb), d.y[tr])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.detach().item())
+        if (s + 1) % 10 == 0:
+            per_step = (time.time() - t_ep) / (s + 1)
+            left = per_step * (steps - s - 1) + per_step * steps * (cfg.epochs - ep)
+            if budget is not None:
+                left = min(left, max(budget - (time.time() - run_t0), 0))
+            log(f"epoch {ep}/{cfg.epochs} step {s + 1}/{steps} loss {np.mean(losses[-10:]):.3f} "
+                f"elapsed {(time.time() - run_t0) / 60:.1f} min, ETA {left / 60:.1f} min")
+    return losses
+
+
+def _record_epoch(progress: Progress, model, ep: int, losses: list[float], rep: dict, seconds: float,
+                  log=print) -> None:
+    """Best weights and early-stopping count from the validation report; the epoch into the history."""
+    state = progress.state
+    bacc = rep["balanced_accuracy"]
+    improved = bacc > state["best_bacc"] + 1e-9 or (
+        abs(bacc - state["best_bacc"]) <= 1e-9 and rep["nll"] < state.get("best_nll", 1e9))
+    if improved:
+        state.update(best_bacc=bacc, best_epoch=ep, bad_epochs=0, best_nll=rep["nll"])
+        progress.best = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    else:
+        state["bad_epochs"] += 1
+    state["epoch"] = ep
+    state["history"].append({"epoch": ep, "train_loss": float(np.mean(losses)) if losses else None,
+                             "val_balanced_accuracy": bacc, "val_nll": rep["nll"],
+                             "seconds": round(seconds, 1)})
+    log(f"epoch {ep}: train loss {np.mean(losses):.3f}, val balanced accuracy {bacc:.3f} "
+        f"(best {state['best_bacc']:.3f} at epoch {state['best_epoch']}), {seconds:.0f} s")
+
+
+# ------------------------------------------------------------------------------------------ card
+def model_card(out: Path, cfg: TrainConfig, d: TrainingData, progress: Progress, stop_reason: str,
+               reports: dict, data_path: Path, world: int = 1) -> dict:
+    """The new package's card: data, split, the training run, ``reports`` (val/test metrics), intended use."""
+    state, items, classes, pre = progress.state, d.items, d.classes, d.card["preprocessing"]
     counts_all = {c: sum(1 for it in items if it.label == c) for c in classes}
     dataset_json = (data_path / "dataset.json") if data_path.is_dir() else None
     dataset = json.loads(dataset_json.read_text()) if dataset_json and dataset_json.exists() else None
     card_out = {
-        "name": name or out.name,
-        "version": version,
+        "name": cfg.name or out.name,
+        "version": cfg.version,
         "architecture": "seed-cnn3d",
         "class_names": classes,
-        "input_grid": grid,
+        "input_grid": d.card["input_grid"],
         "preprocessing": pre,
         "intended_use": ("Research and teaching only: demonstrates explainable (LRP) 3D CNN classification. "
                          "Not a medical device, not for clinical diagnosis."),
         "training_data": _data_description(data_path, items, counts_all, dataset),
-        "split": {"unit": "subject", "seed": seed, "fractions": list(fractions),
-                  "subjects": n_sub, "scans": {k: len(v) for k, v in idx.items()}},
+        "split": {"unit": "subject", "seed": cfg.seed, "fractions": list(cfg.fractions),
+                  "subjects": d.subjects, "scans": {k: len(v) for k, v in d.idx.items()}},
         "training": {"epochs_run": state["epoch"], "best_epoch": state["best_epoch"], "stop": stop_reason,
-                     "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
+                     "batch_size": cfg.batch_size, "lr": cfg.lr, "weight_decay": cfg.weight_decay,
                      "optimizer": "Adam", "class_balancing": "inverse-frequency sampling",
                      "augmentation": "integer shifts up to 3 voxels, left-right flip, intensity scale "
-                                     "0.9-1.1, Gaussian noise" if augment_data else None,
-                     "processes": world, "threads": threads, "minutes": round(state["elapsed"] / 60, 1),
+                                     "0.9-1.1, Gaussian noise" if cfg.augment_data else None,
+                     "processes": world, "threads": cfg.threads, "minutes": round(state["elapsed"] / 60, 1),
                      "history": state["history"], "software": f"addiagnosis {__version__}, "
                                                               f"torch {torch.__version__}"},
         "metrics": reports,
-        "default": bool(default),
+        "default": bool(cfg.default),
     }
     if pre.get("kind") == "template":  # a healthy reference exists: explain relative to it (lrp.py)
         card_out["explanation"] = {"method": "lrp-reference",
@@ -439,16 +432,7 @@ def train(data, out, *, seed: int = 0, epochs: int = 40, batch_size: int = 8, lr
             "used for training or testing.")
         card_out["notice"] = dataset.get("notice")
         card_out["license_notice_template"] = "MNI ICBM152 2009a: see 'notice'"
-    from .package import write_package
-
-    write_package(out, model.state_dict(), card_out, overwrite=True)
-    say(f"wrote model package {out} in {(time.time() - t_start) / 60:.1f} min")
     return card_out
-
-
-def _config(seed, grid, pre, classes, lr, batch_size, fractions) -> str:
-    return json.dumps({"seed": seed, "grid": grid, "pre": pre, "classes": classes, "lr": lr,
-                       "batch": batch_size, "fractions": list(fractions)}, sort_keys=True)
 
 
 def _data_description(path: Path, items, counts, dataset) -> str:
@@ -487,14 +471,13 @@ def register_cli(subparsers) -> None:
 
 
 def run(args) -> int:
-    pre = DEFAULT_PREPROCESSING if args.preprocessing == "template" else {
-        "kind": "physical", "centre": "head", "normalise": {"low": 0.5, "high": 99.5}}
-    train(args.data, args.out, seed=args.seed, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-          patience=args.patience, max_minutes=args.max_minutes, grid_shape=args.grid, spacing=args.spacing,
-          preprocessing=pre, cache=args.cache, workers=args.workers, threads=args.threads, name=args.name,
-          default=args.default, log=lambda m: print(m, flush=True))
+    pre = DEFAULT_PREPROCESSING if args.preprocessing == "template" else PHYSICAL_PREPROCESSING
+    cfg = TrainConfig(seed=args.seed, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                      patience=args.patience, max_minutes=args.max_minutes, grid_shape=args.grid,
+                      spacing=args.spacing, preprocessing=pre, cache=args.cache, workers=args.workers,
+                      threads=args.threads, name=args.name, default=args.default)
+    train(args.data, args.out, cfg, log=lambda m: print(m, flush=True))
     return 0
-
 
 if __name__ == "__main__":  # python -m addiagnosis.train DATA --out PKG (torchrun works too)
     import argparse
