@@ -28,7 +28,8 @@ import numpy as np
 import torch
 
 from .errors import InputError
-from .preprocess import Prepared, grid_affine, normalise_percentiles, register, register_reference, resample
+from .preprocess import grid_affine, normalise_percentiles, resample, resample_back
+from .registry import Prepared, register, register_reference
 from .template import LANDMARKS_MNI, atlas
 from .volume import Volume
 
@@ -216,11 +217,7 @@ def template(volume: Volume, spec: dict, grid: dict) -> Prepared:
     tensor = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32)).reshape(1, 1, *shape)
     in_shape = volume.shape
     input_to_grid = np.linalg.inv(grid_to_input)
-    ratio = 1.0 / abs(float(np.linalg.det(grid_to_input[:3, :3])))
-
-    def to_input(rel: np.ndarray) -> np.ndarray:
-        return resample(np.asarray(rel, dtype=np.float32), input_to_grid, in_shape) * np.float32(ratio)
-
+    to_input = resample_back(grid_to_input, in_shape)
     input_mask = resample(brain.astype(np.float32), input_to_grid, in_shape) > 0.5
     reg.update({"similarity": "pearson correlation with the template inside the brain",
                 "correlation": corr, "quality": "good" if corr >= min_corr else "poor",

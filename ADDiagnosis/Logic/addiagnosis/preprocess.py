@@ -1,92 +1,39 @@
-"""Preprocessing chosen by the model card, with the transform recorded so relevance can go back.
+"""The built-in preprocessing kinds, with the transform recorded so relevance can go back.
 
-Kinds (``card["preprocessing"]["kind"]``):
+Kinds (``card["preprocessing"]["kind"]``; the registry and :func:`prepare` live in :mod:`.registry`):
 - ``seed-raw``: bit-faithful to the original web app: raw voxels as nibabel returns them, reshaped
   (C order) to (-1, 256, 256), first ``input_grid.shape[0]`` slices, float32. No reorientation.
 - ``physical``: resample (trilinear) onto the model grid, an RAS-aligned grid of the card's shape and
   spacing whose centre sits on the centre of the head (or of the field of view), then normalise
   intensities with percentiles inside the head.
-More kinds (template alignment) register themselves with :func:`register`. A kind may also define a
-reference input (:func:`register_reference`): what a healthy scan looks like after that preprocessing,
-the root point of the ``lrp-reference`` explanation method.
+Template alignment (``template``) lives in :mod:`.align`. Every resampling kind maps relevance back with
+:func:`resample_back`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .errors import InputError
+
+# the registry's names stay importable from here (callers and tests use addiagnosis.preprocess.prepare)
+from .registry import (  # noqa: F401
+    _REFERENCES,
+    _REGISTRY,
+    Prepared,
+    Preprocessor,
+    Reference,
+    kinds,
+    prepare,
+    reference_input,
+    register,
+    register_reference,
+)
 from .volume import Volume
-
-
-@dataclass
-class Prepared:
-    """The network input plus the way back onto the input grid."""
-
-    tensor: torch.Tensor  # (1,1,D,H,W) float32
-    to_input: Callable[[np.ndarray], np.ndarray]  # relevance on model grid -> array on input grid
-    info: dict = field(default_factory=dict)  # every transform, as plain data (goes into report.json)
-    grid_affine: np.ndarray | None = None  # model grid IJK->RAS (None for seed-raw)
-    input_mask: np.ndarray | None = None  # head/brain mask on the input grid, when known
-    mask_name: str = "head"  # what input_mask outlines ("head" or "brain"), for the relevance summary
-
-
-Preprocessor = Callable[[Volume, dict, dict], Prepared]
-Reference = Callable[[dict, dict], torch.Tensor]
-_REGISTRY: dict[str, Preprocessor] = {}
-_REFERENCES: dict[str, Reference] = {}
-
-
-def register(kind: str):
-    def deco(fn: Preprocessor) -> Preprocessor:
-        _REGISTRY[kind] = fn
-        return fn
-
-    return deco
-
-
-def register_reference(kind: str):
-    def deco(fn: Reference) -> Reference:
-        _REFERENCES[kind] = fn
-        return fn
-
-    return deco
-
-
-def kinds() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-def prepare(volume: Volume, card: dict) -> Prepared:
-    spec = dict(card.get("preprocessing") or {})
-    kind = spec.get("kind")
-    if kind not in _REGISTRY:
-        _load_optional_kinds()
-    if kind not in _REGISTRY:
-        raise InputError(f"model card asks for unknown preprocessing {kind!r}; known: {', '.join(kinds())}")
-    return _REGISTRY[kind](volume, spec, dict(card["input_grid"]))
-
-
-def reference_input(card: dict) -> torch.Tensor | None:
-    """The reference network input of the card's preprocessing (1,1,D,H,W), or None if it defines none."""
-    spec = dict(card.get("preprocessing") or {})
-    kind = spec.get("kind")
-    if kind not in _REGISTRY:
-        _load_optional_kinds()
-    fn = _REFERENCES.get(kind)
-    return None if fn is None else fn(spec, dict(card["input_grid"]))
-
-
-def _load_optional_kinds() -> None:
-    try:  # template alignment lives in its own module (needs SimpleITK)
-        from . import align  # noqa: F401
-    except ImportError:
-        pass
 
 
 # ---------------------------------------------------------------------------------------- seed-raw
@@ -174,6 +121,24 @@ def resample(data: np.ndarray, out_to_in: np.ndarray, out_shape, order: str = "t
     return out[0, 0].numpy()
 
 
+def resample_back(grid_to_input: np.ndarray, in_shape) -> Callable[[np.ndarray], np.ndarray]:
+    """The way back for a kind that resampled with ``grid_to_input`` (model grid IJK -> input IJK, 4x4).
+
+    Relevance is a per-voxel quantity: its density is interpolated onto the input grid, then scaled by the
+    ratio of voxel volumes in the scan's space, 1 / |det(grid_to_input)| (an input voxel over a model-grid
+    voxel mapped into the scan), so that an up- or down-sampling keeps the sum. For ``physical`` that is
+    det(input IJK->RAS) / det(grid IJK->RAS); for ``template`` it also holds the registration's scaling.
+    """
+    input_to_grid = np.linalg.inv(grid_to_input)
+    in_shape = tuple(in_shape)
+    ratio = np.float32(1.0 / abs(float(np.linalg.det(np.asarray(grid_to_input)[:3, :3]))))
+
+    def to_input(rel: np.ndarray) -> np.ndarray:
+        return resample(np.asarray(rel, dtype=np.float32), input_to_grid, in_shape) * ratio
+
+    return to_input
+
+
 def normalise_percentiles(data: np.ndarray, mask: np.ndarray, low: float, high: float,
                           clip: tuple[float, float] | None = (0.0, 1.5)) -> tuple[np.ndarray, dict]:
     vals = data[mask] if mask.any() else data.ravel()
@@ -207,14 +172,7 @@ def physical(volume: Volume, spec: dict, grid: dict) -> Prepared:
                                             float(norm_spec.get("high", 99.5)),
                                             None if clip is None else tuple(clip))
     tensor = torch.from_numpy(data).reshape(1, 1, *shape)
-    in_shape = volume.shape
-    volume_ratio = abs(np.linalg.det(volume.ijk_to_ras[:3, :3])) / abs(np.linalg.det(g_aff[:3, :3]))
-    input_to_grid = np.linalg.inv(grid_to_input)
-
-    def to_input(rel: np.ndarray) -> np.ndarray:
-        # relevance is a per-voxel quantity: interpolate its density, then scale by the voxel volume ratio
-        return resample(rel, input_to_grid, in_shape) * np.float32(volume_ratio)
-
+    to_input = resample_back(grid_to_input, volume.shape)
     info = {"kind": "physical", "grid_affine": g_aff.tolist(), "grid_to_input_ijk": grid_to_input.tolist(),
             "centre_ras": [float(c) for c in centre], "interpolation": "trilinear",
             "normalisation": norm_info}
