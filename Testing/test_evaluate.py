@@ -88,3 +88,32 @@ def test_evaluate_end_to_end(tmp_path):
     for f in ("metrics.json", "subjects.tsv", "confusion.png", "report.html", "example.png"):
         assert (tmp_path / "eval" / f).exists(), f
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["package"] == "tiny"
+
+
+def test_grid_step_is_the_diagnosis_before_map_back(tmp_path):
+    """Diagnoser.explain_on_grid (what evaluate calls) gives exactly what run() maps back and reports."""
+    import torch
+
+    from addiagnosis.engine import Diagnoser
+    from addiagnosis.volume import Volume
+
+    grid = [80, 80, 80]
+    card = {"name": "tiny", "version": "0", "class_names": ["CN", "AD"],
+            "input_grid": {"shape": grid, "spacing": [1.2] * 3, "orientation": "RAS"},
+            "preprocessing": {"kind": "physical", "centre": "fov"}, "intended_use": "test", "training_data": "none"}
+    torch.manual_seed(1)
+    pkg = write_package(tmp_path / "pkg", ClassificationModel3D(grid, 2).state_dict(), card)
+    a = np.random.default_rng(2).normal(0.1, 0.02, (24, 26, 22)).astype(np.float32)
+    a[4:20, 4:20, 4:20] += 1.0
+    vol = Volume(a, np.diag([4.0, 3.5, 4.2, 1.0]), "s")
+    d = Diagnoser(pkg)
+    g = d.explain_on_grid(vol, "lrp-epsilon", "CN")
+    res = d.run(vol, "lrp-epsilon", "CN")
+    assert g.relevance.shape == tuple(grid) and g.target == 0 and g.method == "lrp-epsilon"
+    assert np.array_equal(g.on_input(), res.relevance.array)
+    assert [res.probabilities[c] for c in ("CN", "AD")] == g.probabilities.tolist()
+    assert res.summary["sum_model_grid"] == float(g.relevance.sum(dtype=np.float64))
+    again = d.explain_tensor(g.prepared.tensor, "lrp-epsilon", 0)  # the same input, already prepared
+    assert again.prepared is None and np.array_equal(again.relevance, g.relevance)
+    predicted = d.explain_on_grid(vol, "lrp-epsilon")  # no target: the predicted class
+    assert predicted.target == predicted.predicted == int(np.argmax(g.probabilities))

@@ -20,7 +20,7 @@ from .errors import AddiagnosisError, ModelError
 from .lrp import REFERENCE_METHODS, FastLRP
 from .metrics import share_inside
 from .package import ModelPackage, find_package
-from .preprocess import prepare, reference_input
+from .preprocess import Prepared, prepare, reference_input
 from .volume import Volume
 
 Progress = Callable[[str, float], None]
@@ -100,13 +100,32 @@ def resolve_device(device: str | None) -> torch.device:
     return torch.device("cpu")
 
 
+@dataclass
+class GridExplanation:
+    """A scan classified and explained on the model grid, before relevance goes back onto the input grid."""
+
+    prepared: Prepared | None  # the network input and the way back (None when a tensor was given)
+    logits: torch.Tensor  # (C,) float64, on the CPU
+    probabilities: np.ndarray  # (C,) float64 softmax
+    predicted: int  # class index
+    target: int  # class index whose relevance this is
+    method: str  # resolved method name
+    relevance: np.ndarray  # (D,H,W) float32, on the model grid
+
+    def on_input(self) -> np.ndarray:
+        """The relevance on the input grid (float32; same shape as the input volume)."""
+        return self.prepared.to_input(self.relevance).astype(np.float32, copy=False)
+
+
 class Diagnoser:
     """A loaded model package ready to diagnose many scans (weights read and folded once)."""
 
-    def __init__(self, package: ModelPackage | str | None = None, device: str | None = "cpu"):
+    def __init__(self, package: ModelPackage | str | None = None, device: str | None = "cpu",
+                 model: torch.nn.Module | None = None):
+        """``model``: other weights of the package's architecture (the randomisation check); default its own."""
         self.package = package if isinstance(package, ModelPackage) else find_package(package)
         self.device = resolve_device(device)
-        model = self.package.load_model("cpu")
+        model = self.package.load_model("cpu") if model is None else model
         self.model = model
         self.engine = FastLRP(model, device=self.device)
         self.recommended_method = self.package.card.recommended_method
@@ -135,22 +154,19 @@ class Diagnoser:
             return target
         return self.package.class_index(target)
 
-    def run(self, volume: Volume, method: str | None = AUTO_METHOD, target: str | int | None = None,
-            progress: Progress | None = None) -> DiagnosisResult:
-        method = self.resolve_method(method)
-        names = self.package.class_names
-        if target not in (None, "") and not isinstance(target, int):
-            self.package.class_index(target)  # fail before any work on an unknown class name
-        note = progress or (lambda stage, frac: None)
-        timings = {}
-        t = time.perf_counter()
-        note("preprocessing", 0.1)
-        prepared = prepare(volume, self.package.card)
-        timings["preprocess"] = time.perf_counter() - t
+    def explain_tensor(self, tensor: torch.Tensor, method: str | None = AUTO_METHOD,
+                       target: str | int | None = None, progress: Progress | None = None,
+                       timings: dict | None = None) -> GridExplanation:
+        """Classify a prepared network input (1,1,D,H,W) and explain ``target`` (default: the predicted class).
 
+        ``timings`` (if given) receives the seconds of the forward pass and of the relevance.
+        """
+        method = self.resolve_method(method)
+        note = progress or (lambda stage, frac: None)
+        timings = {} if timings is None else timings
         t = time.perf_counter()
         note("classifying", 0.3)
-        cache = self.engine.forward(prepared.tensor)
+        cache = self.engine.forward(tensor)
         logits = cache.logits[0].double().cpu()
         probs = torch.softmax(logits, 0).numpy()
         predicted = int(np.argmax(probs))
@@ -158,24 +174,52 @@ class Diagnoser:
 
         t = time.perf_counter()
         tgt = self.target_index(target, predicted)
-        note(f"explaining {names[tgt]} ({method})", 0.5)
+        note(f"explaining {self.package.class_names[tgt]} ({method})", 0.5)
         rel_grid = self.engine.relevance(cache, tgt, method).float().cpu().numpy()
         del cache
         timings["relevance"] = time.perf_counter() - t
+        return GridExplanation(None, logits, probs, predicted, tgt, method, rel_grid)
+
+    def explain_on_grid(self, volume: Volume, method: str | None = AUTO_METHOD, target: str | int | None = None,
+                        progress: Progress | None = None, timings: dict | None = None) -> GridExplanation:
+        """Preprocess, classify and explain: relevance on the model grid plus the way back (``prepared``).
+
+        The steps :meth:`run` takes before mapping relevance onto the input grid; evaluation takes them too.
+        ``timings`` (if given) receives the seconds of preprocess, forward and relevance.
+        """
+        method = self.resolve_method(method)
+        if target not in (None, "") and not isinstance(target, int):
+            self.package.class_index(target)  # fail before any work on an unknown class name
+        note = progress or (lambda stage, frac: None)
+        timings = {} if timings is None else timings
+        t = time.perf_counter()
+        note("preprocessing", 0.1)
+        prepared = prepare(volume, self.package.card)
+        timings["preprocess"] = time.perf_counter() - t
+        explained = self.explain_tensor(prepared.tensor, method, target, note, timings)
+        explained.prepared = prepared
+        return explained
+
+    def run(self, volume: Volume, method: str | None = AUTO_METHOD, target: str | int | None = None,
+            progress: Progress | None = None) -> DiagnosisResult:
+        note = progress or (lambda stage, frac: None)
+        timings = {}
+        g = self.explain_on_grid(volume, method, target, note, timings)
+        names = self.package.class_names
 
         t = time.perf_counter()
         note("mapping relevance onto the input grid", 0.85)
-        rel_in = prepared.to_input(rel_grid).astype(np.float32, copy=False)
+        rel_in = g.on_input()
         relevance = Volume(rel_in, volume.ijk_to_ras.copy(), f"{volume.name} relevance")
         timings["map_back"] = time.perf_counter() - t
-        summary = relevance_summary(rel_in, rel_grid, prepared.input_mask, volume, prepared.mask_name)
+        summary = relevance_summary(rel_in, g.relevance, g.prepared.input_mask, volume, g.prepared.mask_name)
         note("done", 1.0)
         return DiagnosisResult(
             model_name=self.package.name, model_version=self.package.version, class_names=names,
-            logits=[float(v) for v in logits], probabilities={n: float(p) for n, p in zip(names, probs)},
-            predicted=names[predicted], target=names[tgt], method=method, relevance=relevance,
-            summary=summary, preprocessing=prepared.info, timings=timings, device=str(self.device),
-            warnings=[str(w) for w in prepared.info.get("warnings", [])],
+            logits=[float(v) for v in g.logits], probabilities={n: float(p) for n, p in zip(names, g.probabilities)},
+            predicted=names[g.predicted], target=names[g.target], method=g.method, relevance=relevance,
+            summary=summary, preprocessing=g.prepared.info, timings=timings, device=str(self.device),
+            warnings=[str(w) for w in g.prepared.info.get("warnings", [])],
             model_notice=SYNTHETIC_NOTICE if self.package.card.synthetic else None,
             model_intended_use=self.package.card.intended_use,
             model_path=str(self.package.path.resolve()), weights_sha256=self.package.weights_sha256,

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .dataset import Item, load_items
 from .errors import AddiagnosisError
 from .metrics import (
     classification_report,
@@ -81,11 +82,9 @@ def random_model_like(model, seed: int = 12345):
 
 def evaluate(package, data, out=None, method: str | None = "auto", target: str = "true",
              limit: int | None = None, randomisation_n: int = 10, threads: int = 2, log=print) -> dict:
+    """Score ``package`` on every scan of ``data``; write the report to ``out`` if given; returns the metrics."""
     from .engine import Diagnoser
-    from .lrp import FastLRP
     from .package import ModelPackage, find_package
-    from .preprocess import prepare
-    from .train import load_items
     from .volume import read_nifti
 
     torch.set_num_threads(max(1, int(threads)))
@@ -93,12 +92,10 @@ def evaluate(package, data, out=None, method: str | None = "auto", target: str =
     classes = pkg.class_names
     diagnoser = Diagnoser(pkg)
     method = diagnoser.resolve_method(method)  # "auto": the card's recommended method
-    model, engine = diagnoser.model, diagnoser.engine
-    rnd_engine = None
+    randomised = None
     if randomisation_n > 0:
-        rnd_engine = FastLRP(random_model_like(model))
-        if engine.reference is not None:  # the same root point for the randomised network
-            rnd_engine.set_reference(engine.reference_input)
+        randomised = Diagnoser(pkg, model=random_model_like(diagnoser.model))
+        randomised.resolve_method(method)  # the same root point (reference input) for the randomised network
     items = load_items(data)
     if limit:
         items = items[: int(limit)]
@@ -106,59 +103,80 @@ def evaluate(package, data, out=None, method: str | None = "auto", target: str =
     if unknown:
         raise AddiagnosisError(f"the data has classes the model does not know: {', '.join(unknown)}")
     t0 = time.time()
-    rows, probs, ys = [], [], []
-    rand_r, rand_rho, rand_full = [], [], []
+    rows, probs, ys, rand = [], [], [], []
     example = None
     for k, it in enumerate(items, 1):
         vol = read_nifti(it.path)
-        prep = prepare(vol, pkg.card)
-        cache = engine.forward(prep.tensor)
-        p = torch.softmax(cache.logits[0].double(), 0).numpy()
-        pred = int(np.argmax(p))
         y = classes.index(it.label)
-        tgt = y if target == "true" else pred
-        rel_grid = engine.relevance(cache, tgt, method).float().numpy()
-        rel = prep.to_input(rel_grid)
-        row = {"subject": it.subject, "class": it.label, "predicted": classes[pred],
-               "p_true": float(p[y]), "target": classes[tgt],
-               "registration_correlation": (prep.info.get("registration") or {}).get("correlation")}
-        for c, v in zip(classes, p):
-            row[f"p_{c}"] = float(v)
-        if prep.input_mask is not None:
-            row["brain_share"] = share_inside(rel, prep.input_mask)
-        if it.mask is not None and it.mask.exists():
-            mask, mask_aff = read_mask(it.mask)
-            if mask.shape != rel.shape or not np.allclose(mask_aff, vol.ijk_to_ras, atol=1e-3):
-                raise AddiagnosisError(f"mask grid {mask.shape} differs from the scan grid {rel.shape}", it.mask)
-            if mask.any():
-                row["mask_voxels"] = int(mask.sum())
-                row["mass_accuracy"] = relevance_mass_accuracy(rel, mask)
-                near2, near4 = _within_mm(mask, vol.spacing, 2.0), _within_mm(mask, vol.spacing, 4.0)
-                row["mass_accuracy_2mm"] = relevance_mass_accuracy(rel, near2)
-                row["mass_accuracy_4mm"] = relevance_mass_accuracy(rel, near4)
-                row["pointing_game_2mm"] = pointing_game(rel, near2)
-                row["rank_accuracy"] = relevance_rank_accuracy(rel, mask)
-                row["pointing_game"] = pointing_game(rel, mask)
-                if example is None and it.label == classes[-1]:
-                    example = (vol, rel, mask, it.subject, classes[pred])
-        if rnd_engine is not None and len(rand_r) < randomisation_n and it.label != classes[0]:
-            rc = rnd_engine.forward(prep.tensor)
-            rr = rnd_engine.relevance(rc, tgt, method).float().numpy()
-            # inside the voxels where the input is not zero (skull-stripped brain): the zeros outside are
-            # identical in both maps by construction and would inflate any correlation
-            region = prep.tensor[0, 0].numpy() != 0
-            if region.sum() < 0.05 * region.size:
-                region = np.ones_like(region)
-            rand_r.append(pearson(rel_grid[region], rr[region]))
-            rand_rho.append(spearman(np.abs(rel_grid[region]), np.abs(rr[region])))
-            rand_full.append(pearson(rel_grid, rr))
+        g = diagnoser.explain_on_grid(vol, method, y if target == "true" else None)
+        rel = g.on_input()
+        row, mask = scan_row(it, vol, g, rel, classes)
+        if mask is not None and example is None and it.label == classes[-1]:
+            example = (vol, rel, mask, it.subject, classes[g.predicted])
+        if randomised is not None and len(rand) < randomisation_n and it.label != classes[0]:
+            rand.append(randomisation_check(g, randomised.explain_tensor(g.prepared.tensor, method, g.target)))
         rows.append(row)
-        probs.append(p)
+        probs.append(g.probabilities)
         ys.append(y)
         if k % 10 == 0 or k == len(items):
             el = time.time() - t0
             log(f"evaluate: {k}/{len(items)} scans, {el:.0f} s, ETA {el / k * (len(items) - k):.0f} s")
-    clf = classification_report(np.array(probs), np.array(ys), classes)
+    corr = [r["registration_correlation"] for r in rows if r.get("registration_correlation") is not None]
+    result = {"package": pkg.name, "package_version": pkg.version, "data": str(data), "n_scans": len(rows),
+              "classification": classification_report(np.array(probs), np.array(ys), classes),
+              "explanation": explanation_summary(rows, classes, method, target, rand),
+              "registration": {"median_correlation": _median(corr), "min_correlation": min(corr, default=None)},
+              "seconds": round(time.time() - t0, 1)}
+    if out is not None:
+        write_report(result, rows, Path(out), classes, example)
+        log(f"evaluate: wrote {out}/metrics.json, subjects.tsv, confusion.png, report.html")
+    return result
+
+
+def scan_row(it: Item, vol, g, rel: np.ndarray, classes: list[str]) -> tuple[dict, np.ndarray | None]:
+    """One line of subjects.tsv for a scan explained as ``g`` (relevance ``rel`` on its grid); its mask, if any."""
+    p = g.probabilities
+    y = classes.index(it.label)
+    row = {"subject": it.subject, "class": it.label, "predicted": classes[g.predicted],
+           "p_true": float(p[y]), "target": classes[g.target],
+           "registration_correlation": (g.prepared.info.get("registration") or {}).get("correlation")}
+    for c, v in zip(classes, p):
+        row[f"p_{c}"] = float(v)
+    if g.prepared.input_mask is not None:
+        row["brain_share"] = share_inside(rel, g.prepared.input_mask)
+    if it.mask is None or not it.mask.exists():
+        return row, None
+    mask, mask_aff = read_mask(it.mask)
+    if mask.shape != rel.shape or not np.allclose(mask_aff, vol.ijk_to_ras, atol=1e-3):
+        raise AddiagnosisError(f"mask grid {mask.shape} differs from the scan grid {rel.shape}", it.mask)
+    if not mask.any():
+        return row, None
+    row["mask_voxels"] = int(mask.sum())
+    row["mass_accuracy"] = relevance_mass_accuracy(rel, mask)
+    near2, near4 = _within_mm(mask, vol.spacing, 2.0), _within_mm(mask, vol.spacing, 4.0)
+    row["mass_accuracy_2mm"] = relevance_mass_accuracy(rel, near2)
+    row["mass_accuracy_4mm"] = relevance_mass_accuracy(rel, near4)
+    row["pointing_game_2mm"] = pointing_game(rel, near2)
+    row["rank_accuracy"] = relevance_rank_accuracy(rel, mask)
+    row["pointing_game"] = pointing_game(rel, mask)
+    return row, mask
+
+
+def randomisation_check(trained, randomised) -> tuple[float, float, float]:
+    """(Pearson r, Spearman rho of |R|, Pearson r on the whole grid) of two model-grid relevance maps.
+
+    Inside the voxels where the input is not zero (skull-stripped brain): the zeros outside are identical in
+    both maps by construction and would inflate any correlation.
+    """
+    a, b = trained.relevance, randomised.relevance
+    region = trained.prepared.tensor[0, 0].numpy() != 0
+    if region.sum() < 0.05 * region.size:
+        region = np.ones_like(region)
+    return pearson(a[region], b[region]), spearman(np.abs(a[region]), np.abs(b[region])), pearson(a, b)
+
+
+def explanation_summary(rows: list[dict], classes: list[str], method: str, target: str, rand: list) -> dict:
+    """Explanation metrics per class and overall, and the randomisation check (``rand``: its samples)."""
     expl = {"method": method, "target": target, "per_class": {}}
     for c in classes:
         sel = [r for r in rows if r["class"] == c]
@@ -174,7 +192,6 @@ def evaluate(package, data, out=None, method: str | None = "auto", target: str =
                 "pointing_game_within_2mm": _mean([r.get("pointing_game_2mm") for r in sel
                                                    if "pointing_game_2mm" in r]),
                 "pointing_game": _mean([r.get("pointing_game") for r in sel if "pointing_game" in r]),
-                "median_mask_fraction_of_brain": None,
             })
         expl["per_class"][c] = pc
     expl["median_brain_share"] = _median([r.get("brain_share") for r in rows])
@@ -182,26 +199,15 @@ def evaluate(package, data, out=None, method: str | None = "auto", target: str =
                                   default=None)
     with_mask = [r for r in rows if "mass_accuracy" in r]
     expl["median_mass_accuracy_all_masked"] = _median([r["mass_accuracy"] for r in with_mask])
-    if rand_r:
+    if rand:
+        rand_r, rand_rho, rand_full = (list(v) for v in zip(*rand))
         expl["randomisation"] = {"n": len(rand_r), "pearson_r": [round(v, 4) for v in rand_r],
                                  "median_abs_pearson_r": float(np.median(np.abs(rand_r))),
                                  "median_spearman_abs": float(np.median(np.abs(rand_rho))),
                                  "median_abs_pearson_r_whole_grid": float(np.median(np.abs(rand_full))),
                                  "region": "voxels where the network input is non-zero (the brain)",
                                  "model": "same architecture, freshly initialised weights (seed 12345)"}
-    corr = [r["registration_correlation"] for r in rows if r.get("registration_correlation") is not None]
-    result = {"package": pkg.name, "package_version": pkg.version, "data": str(data), "n_scans": len(rows),
-              "classification": clf, "explanation": expl,
-              "registration": {"median_correlation": _median(corr), "min_correlation": min(corr, default=None)},
-              "seconds": round(time.time() - t0, 1)}
-    for c in classes:
-        pc = expl["per_class"].get(c)
-        if pc and "median_mask_fraction_of_brain" in pc:
-            pc.pop("median_mask_fraction_of_brain")
-    if out is not None:
-        write_report(result, rows, Path(out), classes, example)
-        log(f"evaluate: wrote {out}/metrics.json, subjects.tsv, confusion.png, report.html")
-    return result
+    return expl
 
 
 # ------------------------------------------------------------------------------------------ report
