@@ -21,7 +21,8 @@ Rules (relevance R_k of layer outputs -> R_j of inputs, z = stabilised denominat
   intact tissue around the evidence; relative to a healthy reference only what differs from it can
   carry relevance. On the bundled synthetic model this moves the median share of positive relevance in
   the true atrophy of AD subjects from 0.25 (alpha1-beta0) to about 0.6 (see the model card).
-ReLU passes relevance unchanged; max-pooling routes it to the winning voxel.
+ReLU passes relevance unchanged; max-pooling routes it to the winning voxel. Each rule is one entry of
+:data:`RULES` (its dense-layer and conv-block functions); :data:`METHODS` names a rule for each kind of layer.
 
 Methods: ``lrp-reference`` (needs a reference input: see :meth:`FastLRP.set_reference`),
 ``lrp-alpha1beta0`` (Boehle et al. 2019; the default where a model has no reference), ``lrp-epsilon``,
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import functools
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -41,7 +43,7 @@ import torch.nn.functional as F
 from .model import ClassificationModel3D
 
 METHODS = {
-    # method: (rule for conv layers, rule for dense layers)
+    # method: (rule for conv layers, rule for dense layers): names in RULES
     "lrp-reference": ("reference", "reference"),
     "lrp-alpha1beta0": ("alphabeta", "alphabeta"),
     "lrp-epsilon": ("epsilon", "epsilon"),
@@ -253,9 +255,9 @@ class FastLRP:
         """Relevance of output ``target`` for the input, shape (D,H,W), same dtype as the engine."""
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
-        conv_rule, dense_rule = METHODS[method]
+        conv_rule, dense_rule = (RULES[name] for name in METHODS[method])
         ref = self.reference
-        if conv_rule == "reference" and ref is None:
+        if (conv_rule.needs_reference or dense_rule.needs_reference) and ref is None:
             raise ValueError(f"{method} needs a reference input (FastLRP.set_reference); this model has none")
         n_out = cache.logits.shape[1]
         if not 0 <= target < n_out:
@@ -264,34 +266,31 @@ class FastLRP:
         r = torch.zeros_like(cache.logits)
         r[0, target] = 1.0
         d1, d2 = self.dense
-        hidden = cache.hidden_pre.relu()
-        if dense_rule == "reference":
-            r = self._reference_dense_back(r, hidden - ref.hidden, d2)
-            r = self._reference_dense_back(r, cache.dense_in - ref.dense_in, d1)
-        else:
-            r = self._dense_back(r, hidden, d2, dense_rule)
-            if dense_rule in ("gradient", "guided"):
-                r = r * (cache.hidden_pre > 0)
-                if dense_rule == "guided":
-                    r = r.clamp(min=0)
-            r = self._dense_back(r, cache.dense_in, d1, dense_rule)
+        ref_hidden, ref_in = (None, None) if ref is None else (ref.hidden, ref.dense_in)
+        r = dense_rule.dense(self, r, cache.hidden_pre.relu(), ref_hidden, d2)
+        r = dense_rule.through_relu(r, cache.hidden_pre)
+        r = dense_rule.dense(self, r, cache.dense_in, ref_in, d1)
         r = r.reshape(cache.pooled[-1].shape)
         for i in reversed(range(len(self.layers))):
-            r = self._conv_back(r, i, cache, conv_rule)
-        if conv_rule in ("gradient", "guided"):
-            if conv_rule == "gradient":
-                r = r * cache.x  # gradient x input
-        return r[0, 0]
+            r = conv_rule.conv(self, r, i, cache)
+        return conv_rule.at_input(r, cache.x)[0, 0]
 
-    def _dense_back(self, r, a, layer: _Layer, rule):
-        if rule == "epsilon":
-            z = F.linear(a, layer.w, layer.b)
-            return a * ((r / _stab(z, self.epsilon)) @ layer.w)
-        if rule == "alphabeta":
-            # inputs of both dense layers are post-ReLU (>= 0): only x+ w+ contributes
-            z = F.linear(a, layer.w_pos, layer.b_pos)
-            return a * ((r / _stab(z, self.stabilizer)) @ layer.w_pos)
-        return r @ layer.w  # gradient
+    # ---------------------------------------------------------- dense rules
+    # (relevance at the layer's outputs, its input a, the reference scan's input a_ref or None) -> at a
+    def _dense_epsilon(self, r, a, a_ref, layer: _Layer):
+        z = F.linear(a, layer.w, layer.b)
+        return a * ((r / _stab(z, self.epsilon)) @ layer.w)
+
+    def _dense_alphabeta(self, r, a, a_ref, layer: _Layer):
+        # inputs of both dense layers are post-ReLU (>= 0): only x+ w+ contributes
+        z = F.linear(a, layer.w_pos, layer.b_pos)
+        return a * ((r / _stab(z, self.stabilizer)) @ layer.w_pos)
+
+    def _dense_gradient(self, r, a, a_ref, layer: _Layer):
+        return r @ layer.w
+
+    def _dense_reference(self, r, a, a_ref, layer: _Layer):
+        return self._reference_rule(r, a - a_ref, layer, F.linear, lambda s, w: s @ w)
 
     def _reference_rule(self, r, da, layer: _Layer, z_of, spread, expand=None):
         """Alpha-beta on the contributions of da = a - a_ref, for dense and conv layers alike.
@@ -318,10 +317,9 @@ class FastLRP:
             out = part.mul_(coef) if out is None else out.sub_(part.mul_(coef))
         return out
 
-    def _reference_dense_back(self, r, da, layer: _Layer):
-        return self._reference_rule(r, da, layer, F.linear, lambda s, w: s @ w)
-
-    def _reference_conv_back(self, r_pooled, i, cache: ForwardCache):
+    # ---------------------------------------------------------- conv rules
+    # (relevance at the block's pooled outputs, block index, forward cache) -> at the block's input
+    def _conv_reference(self, r_pooled, i, cache: ForwardCache):
         """Conv block of ``lrp-reference``: max-pool routes to x's winners, then alpha-beta on da = a - a_ref."""
         layer, a_in, first = self.layers[i], cache.conv_inputs[i], i == 0
         idx, shape = cache.indices[i], cache.pre_pool_shapes[i]
@@ -334,42 +332,43 @@ class FastLRP:
             spread=lambda s, w: self._conv_t(s, w, a_in, first),
             expand=lambda s: self._unpool(s, idx, shape, f"unpool{i}"))
 
-    def _conv_back(self, r_pooled, i, cache: ForwardCache, rule):
-        if rule == "reference":
-            return self._reference_conv_back(r_pooled, i, cache)
-        layer = self.layers[i]
-        a_in = cache.conv_inputs[i]
-        idx = cache.indices[i]
-        a_pooled = cache.pooled[i]
-        shape = cache.pre_pool_shapes[i]
-        first = i == 0
-        if rule == "epsilon":
-            # z at the winning voxels equals the pooled activation where it is > 0; elsewhere R = 0
-            s = torch.where(a_pooled > 0, r_pooled / _stab(a_pooled, self.epsilon), 0.0)
-            s_full = self._unpool(s, idx, shape, f"unpool{i}")
-            return a_in * self._conv_t(s_full, layer.w, a_in, first)
-        if rule == "alphabeta":
-            x_neg = None
-            if first and cache.input_has_negative:
-                x_pos, x_neg = a_in.clamp(min=0), a_in.clamp(max=0)
-                z = self._conv(x_pos, layer.w_pos, layer.b_pos, first)
-                z += self._conv(x_neg, layer.w_neg, None, first)
-            else:
-                x_pos = a_in
-                reuse = first and self._planes_owner == cache.generation
-                z = self._conv(a_in, layer.w_pos, layer.b_pos, first, planes=self._buffers["planes"] if reuse else None)
-            z_win = z.flatten(2).gather(2, idx.flatten(2)).view_as(idx)
-            del z
-            s_full = self._unpool(r_pooled / _stab(z_win, self.stabilizer), idx, shape, f"unpool{i}")
-            out = x_pos * self._conv_t(s_full, layer.w_pos, a_in, first)
-            if x_neg is not None:
-                out += x_neg * self._conv_t(s_full, layer.w_neg, a_in, first)
-            return out
-        # gradient / guided backprop through ReLU (mask z > 0 == winning activation > 0) and pooling
-        g = r_pooled * (a_pooled > 0)
-        if rule == "guided":
-            g = g.clamp(min=0)
-        return self._conv_t(self._unpool(g, idx, shape, f"unpool{i}"), layer.w, a_in, first)
+    def _conv_epsilon(self, r_pooled, i, cache: ForwardCache):
+        layer, a_in, a_pooled = self.layers[i], cache.conv_inputs[i], cache.pooled[i]
+        # z at the winning voxels equals the pooled activation where it is > 0; elsewhere R = 0
+        s = torch.where(a_pooled > 0, r_pooled / _stab(a_pooled, self.epsilon), 0.0)
+        s_full = self._unpool(s, cache.indices[i], cache.pre_pool_shapes[i], f"unpool{i}")
+        return a_in * self._conv_t(s_full, layer.w, a_in, i == 0)
+
+    def _conv_alphabeta(self, r_pooled, i, cache: ForwardCache):
+        layer, a_in, idx, first = self.layers[i], cache.conv_inputs[i], cache.indices[i], i == 0
+        x_neg = None
+        if first and cache.input_has_negative:
+            x_pos, x_neg = a_in.clamp(min=0), a_in.clamp(max=0)
+            z = self._conv(x_pos, layer.w_pos, layer.b_pos, first)
+            z += self._conv(x_neg, layer.w_neg, None, first)
+        else:
+            x_pos = a_in
+            reuse = first and self._planes_owner == cache.generation
+            z = self._conv(a_in, layer.w_pos, layer.b_pos, first, planes=self._buffers["planes"] if reuse else None)
+        z_win = z.flatten(2).gather(2, idx.flatten(2)).view_as(idx)
+        del z
+        s_full = self._unpool(r_pooled / _stab(z_win, self.stabilizer), idx, cache.pre_pool_shapes[i], f"unpool{i}")
+        out = x_pos * self._conv_t(s_full, layer.w_pos, a_in, first)
+        if x_neg is not None:
+            out += x_neg * self._conv_t(s_full, layer.w_neg, a_in, first)
+        return out
+
+    def _backprop(self, r_pooled, i, cache: ForwardCache, through_relu):
+        """Gradient (or guided gradient) through pooling, ReLU (mask z > 0 == winning activation > 0), conv."""
+        g = through_relu(r_pooled, cache.pooled[i])
+        g = self._unpool(g, cache.indices[i], cache.pre_pool_shapes[i], f"unpool{i}")
+        return self._conv_t(g, self.layers[i].w, cache.conv_inputs[i], i == 0)
+
+    def _conv_gradient(self, r_pooled, i, cache: ForwardCache):
+        return self._backprop(r_pooled, i, cache, _relu_gradient)
+
+    def _conv_guided(self, r_pooled, i, cache: ForwardCache):
+        return self._backprop(r_pooled, i, cache, _relu_guided)
 
     def _conv_t(self, s, w, like, first=False):
         if first and w.shape[1] == 1 and s.device.type == "cpu":
@@ -379,6 +378,44 @@ class FastLRP:
         if tuple(out.shape) != tuple(like.shape):
             raise RuntimeError("internal shape mismatch in LRP")
         return out
+
+
+def _keep(r, _):
+    return r
+
+
+def _relu_gradient(r, pre):
+    """Gradient through a ReLU whose input (or, after max-pooling, winning output) is ``pre``."""
+    return r * (pre > 0)
+
+
+def _relu_guided(r, pre):
+    """Guided backprop: the ReLU's gradient, negative values dropped."""
+    return _relu_gradient(r, pre).clamp(min=0)
+
+
+def _times_input(r, x):
+    return r * x
+
+
+@dataclass(frozen=True)
+class Rule:
+    """How relevance (or the gradient) goes back through each kind of layer under one rule."""
+
+    dense: Callable  # (engine, r, a, a_ref, layer) -> relevance at the dense layer's input a
+    conv: Callable  # (engine, r_pooled, i, cache) -> relevance at the input of conv block i
+    through_relu: Callable = _keep  # (r, pre-activation) between the two dense layers
+    at_input: Callable = _keep  # (r, network input) last step (gradient x input multiplies)
+    needs_reference: bool = False
+
+
+RULES = {
+    "epsilon": Rule(FastLRP._dense_epsilon, FastLRP._conv_epsilon),
+    "alphabeta": Rule(FastLRP._dense_alphabeta, FastLRP._conv_alphabeta),
+    "reference": Rule(FastLRP._dense_reference, FastLRP._conv_reference, needs_reference=True),
+    "gradient": Rule(FastLRP._dense_gradient, FastLRP._conv_gradient, _relu_gradient, _times_input),
+    "guided": Rule(FastLRP._dense_gradient, FastLRP._conv_guided, _relu_guided),
+}
 
 
 def _k(size) -> int:

@@ -1,10 +1,8 @@
 """Training: ``addiagnosis train DATA --out PACKAGE`` (subject-level split, balanced, seeded, resumable).
 
-DATA is a folder of class sub-folders (``AD/ CN/ EMCI/ LMCI/ MCI/``, the original project's layout), a
-folder with a ``participants.tsv`` (as written by ``addiagnosis synth``), or a TSV/CSV file with a subject
-id column (``participant_id``/``subject``/``subject_id``/``id``), a label column (``class``/``label``/
-``diagnosis``/``group``/``dx``) and optionally a scan path column (``scan``/``path``/``file``; relative
-to the TSV's folder).
+DATA is any dataset :mod:`.dataset` reads: a folder of class sub-folders (``AD/ CN/ EMCI/ LMCI/ MCI/``), a
+folder with a ``participants.tsv`` (as written by ``addiagnosis synth``), or a TSV/CSV table (subject id,
+label and optionally scan path columns). Hyperparameters travel in a :class:`TrainConfig`.
 
 What happens:
 1. every scan is preprocessed once as the new model's card says (default: template alignment to MNI152 on
