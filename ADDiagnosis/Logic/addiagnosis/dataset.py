@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .card import CLASSES  # every class a model may know, in order of disease stage
 from .errors import AddiagnosisError
 
-CLASSES = ["CN", "EMCI", "MCI", "LMCI", "AD"]  # every class a model may know, in order of disease stage
 ID_COLS = ("participant_id", "subject", "subject_id", "id", "rid", "ptid")
 LABEL_COLS = ("class", "label", "diagnosis", "group", "dx")
 SCAN_COLS = ("scan", "path", "file", "image")
