@@ -33,6 +33,7 @@ from .registry import (  # noqa: F401
     register,
     register_reference,
 )
+from .intensity import head_mask
 from .volume import Volume
 
 
@@ -72,19 +73,6 @@ def grid_affine(shape, spacing, centre_ras) -> np.ndarray:
     aff[:3, :3] = np.diag(spacing)
     aff[:3, 3] = np.asarray(centre_ras, dtype=np.float64) - spacing * (shape - 1) / 2.0
     return aff
-
-
-def robust_range(data: np.ndarray) -> tuple[float, float]:
-    """(1st, 99.5th) intensity percentiles from a strided sample: display window and head threshold."""
-    sample = np.asarray(data).ravel()[:: max(1, data.size // 500_000)]
-    lo, hi = (float(v) for v in np.percentile(sample, [1.0, 99.5]))
-    return lo, hi
-
-
-def head_mask(data: np.ndarray, value_range: tuple[float, float] | None = None) -> np.ndarray:
-    """Voxels brighter than a small fraction of the robust maximum (the head, not the background)."""
-    lo, hi = robust_range(data) if value_range is None else value_range
-    return data > lo + 0.1 * (hi - lo)
 
 
 def head_centre_ras(volume: Volume, mask: np.ndarray | None = None) -> np.ndarray:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import OutputError
-from .preprocess import head_mask, robust_range
+from .intensity import head_mask, robust_range
 from .volume import Volume, write_nifti
 
 
