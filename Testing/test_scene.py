@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import textwrap
+from dataclasses import replace
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -12,23 +18,26 @@ slicer = pytest.importorskip("slicer", reason="the slicer-core runtime is not in
 
 import vtk  # noqa: E402
 
+import addiagnosis  # noqa: E402
 from addiagnosis import cli  # noqa: E402
 from addiagnosis.engine import diagnose  # noqa: E402
+from addiagnosis.regions import region_summary  # noqa: E402
+from addiagnosis.runtime import SlicerRuntime  # noqa: E402
 from addiagnosis.scene import (  # noqa: E402
     COLOR_NODE_NAME,
     SceneError,
-    SlicerRuntime,
     array_from_node,
-    diagnose_node,
     node_ijk_to_ras,
+    node_world_ijk_to_ras,
     output_nodes,
     push_results,
+    set_node_image,
     set_overlay_opacity,
     set_top_percent,
     table_probabilities,
     volume_from_node,
 )
-from addiagnosis.volume import read_nifti  # noqa: E402
+from addiagnosis.volume import Volume, read_nifti  # noqa: E402
 
 # oblique + anisotropic, and sagittal-stored LPS + anisotropic (permuted, flipped axes)
 CASES = ["oblique-aniso", "sagittal-aniso-lps"]
@@ -69,7 +78,8 @@ def test_relevance_node_equals_cli_output(runtime, scan_files, tiny_package, cli
     np.testing.assert_allclose(volume.ijk_to_ras, nib.load(str(scan_files[case])).affine, atol=1e-4)
     assert np.array_equal(volume.array, read_nifti(scan_files[case]).array)
 
-    result, outputs = diagnose_node(scene, node, str(tiny_package), vr_logic=runtime.vr_logic)
+    result = diagnose(volume, str(tiny_package))  # what every front end does: engine, then the push
+    outputs = push_results(scene, node, result, vr_logic=runtime.vr_logic)
     rel = outputs.relevance
     assert rel.GetName() == f"{case} relevance"
     cli_img = nib.load(str(cli_outputs[case] / "relevance.nii.gz"))
@@ -121,12 +131,12 @@ def test_display_setup(pushed):
     color = scene.GetNodeByID(disp.GetColorNodeID())
     assert color.GetName() == COLOR_NODE_NAME and color.IsA("vtkMRMLProceduralColorNode")
     rng = out.display_range
-    assert 0 < rng["lower"] < rng["upper"] <= rng["max"]
-    assert disp.GetWindowLevelMin() == pytest.approx(rng["lower"], rel=1e-6)
-    assert disp.GetWindowLevelMax() == pytest.approx(rng["upper"], rel=1e-6)
-    assert disp.GetApplyThreshold() and disp.GetLowerThreshold() == pytest.approx(rng["lower"], rel=1e-6)
+    assert 0 < rng.lower < rng.upper <= rng.max
+    assert disp.GetWindowLevelMin() == pytest.approx(rng.lower, rel=1e-6)
+    assert disp.GetWindowLevelMax() == pytest.approx(rng.upper, rel=1e-6)
+    assert disp.GetApplyThreshold() and disp.GetLowerThreshold() == pytest.approx(rng.lower, rel=1e-6)
     arr = array_from_node(rel)
-    shown = np.count_nonzero(arr >= rng["lower"]) / max(1, np.count_nonzero(arr > 0))
+    shown = np.count_nonzero(arr >= rng.lower) / max(1, np.count_nonzero(arr > 0))
     assert 0.001 < shown <= 0.06  # about the top 5% of the positive relevance
     # legend
     assert out.legend is not None and out.legend.GetVisibility()
@@ -143,8 +153,8 @@ def test_display_setup(pushed):
     vr = out.vr_display
     assert vr.GetVisibility() and vr.GetVolumeNodeID() == rel.GetID()
     opacity = vr.GetVolumePropertyNode().GetVolumeProperty().GetScalarOpacity()
-    assert opacity.GetValue(0.0) == 0.0 and opacity.GetValue(rng["lower"] * 0.99) == 0.0
-    assert opacity.GetValue(rng["upper"]) > 0.5
+    assert opacity.GetValue(0.0) == 0.0 and opacity.GetValue(rng.lower * 0.99) == 0.0
+    assert opacity.GetValue(rng.upper) > 0.5
     # table = report probabilities; bar chart on it, shown in the plot view, layout with a plot
     probs = table_probabilities(out.table)
     assert probs == pytest.approx(result.report()["probabilities"], abs=1e-12)
@@ -175,8 +185,8 @@ def test_live_opacity_and_threshold(pushed):
 def test_rerun_updates_instead_of_adding(pushed, tiny_package):
     rt, node, result, out, *_ = pushed
     before = node_ids(rt.scene)
-    result2, out2 = diagnose_node(rt.scene, node, str(tiny_package), method="lrp-epsilon", target="AD",
-                                  vr_logic=rt.vr_logic)
+    result2 = diagnose(volume_from_node(node), str(tiny_package), method="lrp-epsilon", target="AD")
+    out2 = push_results(rt.scene, node, result2, vr_logic=rt.vr_logic)
     assert node_ids(rt.scene) == before
     assert out2.node_ids() == out.node_ids()
     assert out2.relevance.GetAttribute("ADDiagnosis.method") == "lrp-epsilon"
@@ -216,7 +226,22 @@ def test_engine_failure_adds_no_nodes(pushed, tiny_package):
     rt, node, *_ = pushed
     before = node_ids(rt.scene)
     with pytest.raises(Exception, match="(?i)unknown class"):
-        diagnose_node(rt.scene, node, str(tiny_package), target="NOT-A-CLASS")
+        push_results(rt.scene, node, diagnose(volume_from_node(node), str(tiny_package), target="NOT-A-CLASS"))
+    assert node_ids(rt.scene) == before
+
+
+def test_push_refuses_a_result_of_another_grid(pushed):
+    """A result whose grid or geometry is not the input node's is refused before the scene is touched."""
+    rt, node, result, *_ = pushed
+    before = node_ids(rt.scene)
+    rel = result.relevance
+    cropped = replace(result, relevance=Volume(rel.array[1:], rel.ijk_to_ras, rel.name))
+    with pytest.raises(SceneError, match="does not match"):
+        push_results(rt.scene, node, cropped)
+    shifted = rel.ijk_to_ras.copy()
+    shifted[0, 3] += 1.0
+    with pytest.raises(SceneError, match="geometry"):
+        push_results(rt.scene, node, replace(result, relevance=Volume(rel.array, shifted, rel.name)))
     assert node_ids(rt.scene) == before
 
 
@@ -230,6 +255,8 @@ def test_parent_transforms(runtime, scan_files):
     node.SetAndObserveTransformNodeID(tnode.GetID())
     moved = volume_from_node(node)
     assert moved.ijk_to_ras[0, 3] == pytest.approx(base[0, 3] + 12.5)
+    np.testing.assert_array_equal(node_world_ijk_to_ras(node), moved.ijk_to_ras)
+    np.testing.assert_array_equal(node_ijk_to_ras(node), base)  # the node's own matrix is left alone
     assert moved.meta["parent_transform"] == "shift"
     grid = runtime.scene.AddNewNodeByClass("vtkMRMLGridTransformNode", "warp")
     node.SetAndObserveTransformNodeID(grid.GetID())
@@ -257,11 +284,9 @@ def test_region_summary_from_label_map_and_segmentation(pushed):
     coarse = np.ascontiguousarray(labels[::2, ::2, ::2])
     to_input = np.array([[2.0, 0, 0, 0.5], [0, 2.0, 0, 0.5], [0, 0, 2.0, 0.5], [0, 0, 0, 1]])
     lab = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "regions")
-    import addiagnosis.scene as bridge
-
-    bridge._set_node_image(lab, coarse, node_ijk_to_ras(node) @ to_input)
+    set_node_image(lab, coarse, node_ijk_to_ras(node) @ to_input)
     before = node_count(scene)
-    table = bridge.region_summary(scene, node, lab)
+    table = region_summary(scene, node, lab)
     assert node_count(scene) == before + 1
     t = table.GetTable()
     rows = {t.GetValue(r, 1).ToInt(): r for r in range(t.GetNumberOfRows())}
@@ -281,8 +306,51 @@ def test_region_summary_from_label_map_and_segmentation(pushed):
     seg.SetReferenceImageGeometryParameterFromVolumeNode(node)
     assert slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(lab, seg)
     before = node_count(scene)
-    table2 = bridge.region_summary(scene, node, seg)
+    table2 = region_summary(scene, node, seg)
     assert table2 is table and node_count(scene) == before
     assert table.GetTable().GetNumberOfRows() == 2
     assert sum(table.GetTable().GetValue(r, 5).ToDouble() for r in range(2)) <= 1.0 + 1e-9
     assert output_nodes(node)["regions"] is table
+
+
+TORCH_FREE = """
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+
+import addiagnosis.intensity, addiagnosis.regions, addiagnosis.report, addiagnosis.runtime, addiagnosis.views
+from addiagnosis.runtime import SlicerRuntime
+from addiagnosis.scene import push_results, region_summary, set_top_percent
+from addiagnosis.volume import Volume
+
+rt = SlicerRuntime()
+aff = np.diag([1.5, 1.2, 2.0, 1.0])
+scan = np.zeros((30, 40, 20), np.float32)
+scan[5:25, 5:35, 3:17] = 100.0
+node = rt.add_volume(Volume(scan, aff, "scan"))
+rel = np.zeros_like(scan)
+rel[10:20, 10:20, 5:10] = np.linspace(0.1, 1.0, 500, dtype=np.float32).reshape(10, 10, 5)
+result = SimpleNamespace(relevance=Volume(rel, aff, "scan relevance"), model_name="m", model_version="0",
+                         target="AD", method="lrp-epsilon", class_names=["CN", "AD"],
+                         probabilities={"CN": 0.25, "AD": 0.75}, predicted="AD")
+out = push_results(rt.scene, node, result, vr_logic=rt.vr_logic)
+labels = rt.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "labels")
+addiagnosis.scene.set_node_image(labels, (rel > 0.5).astype(np.int16), aff)
+table = region_summary(rt.scene, node, labels)
+print(out.display_range.lower, set_top_percent(out.relevance, 1.0), table.GetTable().GetNumberOfRows())
+print("torch" in sys.modules)
+"""
+
+
+def test_scene_bridge_runs_without_torch(tmp_path):
+    """The bridge, runtime, regions, views and report modules import (and push, summarise) without torch."""
+    script = tmp_path / "torch_free.py"
+    script.write_text(textwrap.dedent(TORCH_FREE))
+    env = {**os.environ, "PYTHONPATH": str(Path(addiagnosis.__file__).resolve().parents[1])}
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    numbers, torch_loaded = proc.stdout.strip().splitlines()[-2:]
+    lower, top1, rows = numbers.split()
+    assert 0 < float(lower) < float(top1) <= 1.0 and rows == "1"
+    assert torch_loaded == "False"

@@ -13,7 +13,8 @@ from PIL import Image  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
 from addiagnosis.engine import DiagnosisResult  # noqa: E402
-from addiagnosis.scene import SlicerRuntime, push_results  # noqa: E402
+from addiagnosis.runtime import SlicerRuntime  # noqa: E402
+from addiagnosis.scene import push_results  # noqa: E402
 from addiagnosis.views import SceneViews, egl_available, render_views  # noqa: E402
 from addiagnosis.volume import Volume  # noqa: E402
 

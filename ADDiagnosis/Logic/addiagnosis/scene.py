@@ -1,25 +1,34 @@
 """MRML scene bridge (contract): Slicer volume node <-> Volume, and a DiagnosisResult -> scene nodes.
 
-The only engine module that imports ``slicer`` (besides ``ADDiagnosis.py``). It needs no Qt and no
-``slicer.app``: it runs the same inside desktop 3D Slicer, in the web app (trame-slicer) and headless
-with the ``slicer-core`` wheel (see :class:`SlicerRuntime` and :mod:`addiagnosis.views`).
+Imports ``slicer`` and ``vtk`` but neither torch nor the engine: the caller diagnoses, this module shows.
+It needs no Qt and no ``slicer.app``, so it runs the same in desktop 3D Slicer (``ADDiagnosis.py``), in the
+web app and headless with the ``slicer-core`` wheel (:mod:`addiagnosis.runtime` makes the scene there,
+:mod:`addiagnosis.views` renders it, :mod:`addiagnosis.regions` adds relevance per region). Every front end
+takes the same two steps::
+
+    volume = volume_from_node(node)                     # node -> Volume (world IJK->RAS)
+    result = engine.diagnose(volume, package, method)   # in a worker process in desktop Slicer
+    outputs = push_results(scene, node, result, vr_logic=vr_logic, opacity=0.6, top_percent=5.0)
 
 :func:`push_results` creates, or on a re-run updates in place, these nodes, all placed under the input
 in the subject hierarchy and referenced from the input node (``ADDiagnosis.*`` node references):
 
 - scalar volume ``"<input> relevance"`` with the input's exact geometry (array, IJK->RAS, parent
   transform), a procedural hot colour node, window/level and threshold from the relevance
-  distribution, a colour legend, shown as foreground over the input in every slice view;
+  distribution (:func:`display_range`), a colour legend, shown as foreground over the input in every
+  slice view;
 - volume rendering of the relevance whose transfer function shows the top relevance only;
 - a table ``"<input> probabilities"`` and a bar plot chart, shown in the layout's plot view.
 
 A failed push removes what it added and restores what it changed: the scene is left as it was.
+Afterwards :func:`set_overlay_opacity` and :func:`set_top_percent` (or :func:`set_threshold`) change the
+display live, without a new push.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -41,6 +50,7 @@ REF_RELEVANCE = "ADDiagnosis.relevance"
 REF_TABLE = "ADDiagnosis.probabilities"
 REF_CHART = "ADDiagnosis.chart"
 REF_SERIES = "ADDiagnosis.series"
+REF_REGIONS = "ADDiagnosis.regions"  # written by addiagnosis.regions
 ROLE = "ADDiagnosis.role"  # node attribute naming what an output node is
 # Hot colour ramp (position in [0,1] of the displayed window -> RGB): dark red, red, orange, yellow.
 HOT = ((0.0, 0.45, 0.0, 0.0), (0.35, 0.9, 0.05, 0.0), (0.7, 1.0, 0.6, 0.0), (1.0, 1.0, 1.0, 0.25))
@@ -51,93 +61,6 @@ LOWEST_SHOWN = 0.1  # ... but never relevance below 10% of the saturation value
 
 class SceneError(AddiagnosisError):
     """A node cannot be used as it is (e.g. under a non-linear transform)."""
-
-
-@dataclass
-class SceneOutputs:
-    relevance: object  # vtkMRMLScalarVolumeNode
-    color: object  # vtkMRMLProceduralColorNode
-    legend: object | None  # vtkMRMLColorLegendDisplayNode
-    vr_display: object | None  # vtkMRMLVolumeRenderingDisplayNode
-    table: object  # vtkMRMLTableNode
-    chart: object  # vtkMRMLPlotChartNode
-    series: object  # vtkMRMLPlotSeriesNode
-    regions: object | None = None  # vtkMRMLTableNode of relevance per region (region_summary), when asked
-    display_range: dict = field(default_factory=dict)
-    seconds: float = 0.0
-
-    def node_ids(self) -> dict[str, str]:
-        out = {}
-        for key in ("relevance", "color", "legend", "vr_display", "table", "chart", "series"):
-            node = getattr(self, key)
-            if node is not None:
-                out[key] = node.GetID()
-        return out
-
-
-# ---------------------------------------------------------------------------------------------------
-# Headless runtime (slicer-core): a scene with the module logics that Slicer's application would make
-# ---------------------------------------------------------------------------------------------------
-
-
-class SlicerRuntime:
-    """A real MRML scene with application, Colors, Volumes and Volume Rendering logics (no Qt).
-
-    Inside desktop Slicer use ``slicer.mrmlScene`` and the application's logics instead.
-    """
-
-    def __init__(self, cpu_volume_rendering: bool = True):
-        out = vtk.vtkOutputWindow()
-        out.SetDisplayModeToAlwaysStdErr()
-        vtk.vtkOutputWindow.SetInstance(out)
-        self.scene = slicer.vtkMRMLScene()
-        crosshair = slicer.vtkMRMLCrosshairNode()
-        crosshair.SetCrosshairName("default")
-        self.scene.AddNode(crosshair)
-        self.app_logic = slicer.vtkSlicerApplicationLogic()
-        self.app_logic.SetMRMLScene(self.scene)
-        self.app_logic.SetSliceLogics(vtk.vtkCollection())
-        self.app_logic.SetViewLogics(vtk.vtkCollection())
-        self.color_logic = self._register(slicer.vtkMRMLColorLogic(), "Colors")
-        self.color_logic.AddDefaultColorNodes()
-        self.volumes_logic = self._register(slicer.vtkSlicerVolumesLogic(), "Volumes")
-        self.vr_logic = self._register(slicer.vtkSlicerVolumeRenderingLogic(), "VolumeRendering")
-        if cpu_volume_rendering:  # ~0.4 s per frame on llvmpipe; the GPU ray caster takes ~5 s there
-            self.vr_logic.SetDefaultRenderingMethod("vtkMRMLCPURayCastVolumeRenderingDisplayNode")
-        slicer.vtkMRMLSliceNode.AddDefaultSliceOrientationPresets(self.scene, True)
-        slicer.vtkMRMLSliceViewDisplayableManagerFactory.GetInstance().SetMRMLApplicationLogic(self.app_logic)
-        slicer.vtkMRMLThreeDViewDisplayableManagerFactory.GetInstance().SetMRMLApplicationLogic(self.app_logic)
-
-    def _register(self, logic, name: str):
-        logic.SetMRMLApplicationLogic(self.app_logic)
-        logic.SetMRMLScene(self.scene)
-        self.app_logic.SetModuleLogic(name, logic)
-        return logic
-
-    def load_volume(self, path, name: str | None = None):
-        """Load a scan file through vtkSlicerVolumesLogic (what Slicer's Add Data does)."""
-        from pathlib import Path
-
-        path = Path(path)
-        name = name or path.name.split(".nii")[0]
-        node = self.volumes_logic.AddArchetypeVolume(str(path), name, 0)
-        if node is None:
-            raise AddiagnosisError("Slicer could not read this file as a volume", str(path))
-        return node
-
-    def add_volume(self, volume: Volume):
-        """Add a Volume as a scalar volume node (exact array and IJK->RAS)."""
-        node = self.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", volume.name)
-        _set_node_image(node, np.asarray(volume.array, dtype=np.float32), volume.ijk_to_ras)
-        node.CreateDefaultDisplayNodes()
-        disp = node.GetDisplayNode()
-        disp.SetAndObserveColorNodeID("vtkMRMLColorTableNodeGrey")
-        from .preprocess import robust_range  # (preprocess imports torch: only when a volume is added)
-
-        lo, hi = robust_range(volume.array)
-        disp.AutoWindowLevelOff()
-        disp.SetWindowLevelMinMax(float(lo), float(hi))
-        return node
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -158,6 +81,7 @@ def _numpy_to_matrix(a: np.ndarray):
 
 
 def node_ijk_to_ras(node) -> np.ndarray:
+    """The node's own IJK->RAS (4x4), without its parent transform."""
     m = vtk.vtkMatrix4x4()
     node.GetIJKToRASMatrix(m)
     return _matrix_to_numpy(m)
@@ -181,6 +105,23 @@ def parent_transform_to_world(node) -> np.ndarray | None:
     return _matrix_to_numpy(m)
 
 
+def node_world_ijk_to_ras(node) -> np.ndarray:
+    """IJK -> world RAS of a volume node: its IJK->RAS, then its (linear) parent transform if any.
+
+    Where Slicer shows the voxels. Raises SceneError under a non-linear transform.
+    """
+    ijk_to_ras = node_ijk_to_ras(node)
+    to_world = parent_transform_to_world(node)
+    return ijk_to_ras if to_world is None else to_world @ ijk_to_ras
+
+
+def array_from_node(node) -> np.ndarray:
+    """The node's voxels in IJK order (a view; Slicer's arrayFromVolume gives KJI)."""
+    image = node.GetImageData()
+    dims = image.GetDimensions()
+    return numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(dims[::-1]).transpose(2, 1, 0)
+
+
 def volume_from_node(node) -> Volume:
     """The Volume of a scalar volume node: voxel array in IJK order and its IJK->RAS in world space.
 
@@ -196,15 +137,9 @@ def volume_from_node(node) -> Volume:
     if image.GetNumberOfScalarComponents() != 1:
         raise SceneError(f"'{node.GetName()}' has {image.GetNumberOfScalarComponents()} components per voxel; "
                          "a single-component (grey) scan is needed")
-    dims = image.GetDimensions()
-    kji = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(dims[::-1])
-    ijk_to_ras = node_ijk_to_ras(node)
-    to_world = parent_transform_to_world(node)
-    if to_world is not None:
-        ijk_to_ras = to_world @ ijk_to_ras
-    vol = Volume(kji.transpose(2, 1, 0), ijk_to_ras, node.GetName())
+    vol = Volume(array_from_node(node), node_world_ijk_to_ras(node), node.GetName())
     vol.meta["node_id"] = node.GetID()
-    if to_world is not None:
+    if node.GetParentTransformNode() is not None:
         vol.meta["parent_transform"] = node.GetParentTransformNode().GetName()
     storage = node.GetStorageNode()
     if storage is not None and storage.GetFileName():
@@ -212,7 +147,7 @@ def volume_from_node(node) -> Volume:
     return vol
 
 
-def _set_node_image(node, ijk_array: np.ndarray, ijk_to_ras: np.ndarray) -> None:
+def set_node_image(node, ijk_array: np.ndarray, ijk_to_ras: np.ndarray) -> None:
     """Put an IJK-ordered array into a volume node with this exact IJK->RAS (one copy, i fastest)."""
     shape = ijk_array.shape
     flat = np.ravel(ijk_array, order="F")  # i fastest, as VTK stores points
@@ -227,11 +162,35 @@ def _set_node_image(node, ijk_array: np.ndarray, ijk_to_ras: np.ndarray) -> None
 
 
 # ---------------------------------------------------------------------------------------------------
-# Display choices from the relevance distribution
+# Display policy: what is shown, from the relevance distribution and the user's choices
 # ---------------------------------------------------------------------------------------------------
 
 
-def display_range(relevance: np.ndarray, top_percent: float = DEFAULT_TOP_PERCENT) -> dict:
+@dataclass(frozen=True)
+class DisplayRange:
+    """Threshold, window/level and volume-rendering ramp of a relevance map (see :func:`display_range`)."""
+
+    lower: float  # slice views hide relevance below this (threshold) and the colour ramp starts here
+    upper: float  # the colour saturates here
+    vr_low: float  # the volume rendering ramp: from vr_low (top 1 %) ...
+    vr_high: float  # ... to vr_high
+    max: float
+    min: float
+    empty: bool  # no positive relevance: nothing to show
+
+
+@dataclass(frozen=True)
+class PushOptions:
+    """The user's display choices for :func:`push_results` (the module's sliders and check boxes)."""
+
+    opacity: float = DEFAULT_OPACITY  # of the relevance over the input in the slice views
+    threshold: float | None = None  # relevance value; None: from top_percent
+    top_percent: float = DEFAULT_TOP_PERCENT  # show the top N % of the positive relevance
+    volume_rendering: bool = True  # in the 3D view (needs Slicer's volume rendering logic)
+    show_in_views: bool = True  # set the slice views' foreground, the layout and the plot view
+
+
+def display_range(relevance: np.ndarray, top_percent: float = DEFAULT_TOP_PERCENT) -> DisplayRange:
     """Threshold, window/level and volume-rendering ramp from the positive relevance distribution.
 
     ``lower``: the value above which ``top_percent`` % of the positively relevant voxels lie (slice views
@@ -244,20 +203,20 @@ def display_range(relevance: np.ndarray, top_percent: float = DEFAULT_TOP_PERCEN
     pos = sample[sample > 0]
     vmax = float(flat.max())
     if pos.size == 0 or vmax <= 0:
-        return {"lower": 1.0, "upper": 2.0, "vr_low": 1.0, "vr_high": 2.0, "max": vmax,
-                "min": float(flat.min()), "empty": True}
+        return DisplayRange(lower=1.0, upper=2.0, vr_low=1.0, vr_high=2.0, max=vmax, min=float(flat.min()),
+                            empty=True)
     lower, upper, vr_low = (float(v) for v in np.percentile(pos, [100.0 - top_percent, 99.9, 99.0]))
     upper = max(upper, 1e-30)
     lower = min(max(lower, LOWEST_SHOWN * upper), upper)
     vr_low = min(max(vr_low, lower), upper)
-    return {"lower": lower, "upper": upper, "vr_low": vr_low, "vr_high": upper,
-            "max": vmax, "min": float(flat.min()), "empty": False}
+    return DisplayRange(lower=lower, upper=upper, vr_low=vr_low, vr_high=upper, max=vmax, min=float(flat.min()),
+                        empty=False)
 
 
 def _hot_color_node(scene):
     node = scene.GetFirstNodeByName(COLOR_NODE_NAME)
     if node is not None and node.IsA("vtkMRMLProceduralColorNode"):
-        return node, False
+        return node
     node = slicer.vtkMRMLProceduralColorNode()
     node.SetName(COLOR_NODE_NAME)
     node.SetAttribute("Category", "ADDiagnosis")
@@ -267,12 +226,36 @@ def _hot_color_node(scene):
     for x, r, g, b in HOT:  # x over [0, 255]: Slicer maps window/level onto 0..255 before the colours
         ctf.AddRGBPoint(x * 255.0, r, g, b)
     scene.AddNode(node)
-    return node, True
+    return node
 
 
 # ---------------------------------------------------------------------------------------------------
-# Results -> scene
+# The push (results -> scene) and its undo
 # ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SceneOutputs:
+    """The nodes one :func:`push_results` made or updated."""
+
+    relevance: object  # vtkMRMLScalarVolumeNode
+    color: object  # vtkMRMLProceduralColorNode
+    legend: object | None  # vtkMRMLColorLegendDisplayNode
+    vr_display: object | None  # vtkMRMLVolumeRenderingDisplayNode
+    table: object  # vtkMRMLTableNode
+    chart: object  # vtkMRMLPlotChartNode
+    series: object  # vtkMRMLPlotSeriesNode
+    regions: object | None = None  # vtkMRMLTableNode of relevance per region (addiagnosis.regions), when asked
+    display_range: DisplayRange | None = None
+    seconds: float = 0.0
+
+    def node_ids(self) -> dict[str, str]:
+        out = {}
+        for key in ("relevance", "color", "legend", "vr_display", "table", "chart", "series"):
+            node = getattr(self, key)
+            if node is not None:
+                out[key] = node.GetID()
+        return out
 
 
 class _Undo:
@@ -282,6 +265,12 @@ class _Undo:
         self.scene = scene
         self.before = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
         self.actions: list = []
+
+    def set_reference(self, node, role: str, target) -> None:
+        """``node``'s ``role`` reference -> ``target`` (the old one is restored on rollback)."""
+        old = node.GetNodeReferenceID(role)
+        self.actions.append(lambda: node.SetNodeReferenceID(role, old))
+        node.SetNodeReferenceID(role, target.GetID())
 
     def rollback(self) -> None:
         for action in reversed(self.actions):
@@ -311,28 +300,27 @@ def push_results(scene, input_node, result, *, opacity: float = DEFAULT_OPACITY,
                  show_in_views: bool = True) -> SceneOutputs:
     """Create or update the output nodes of ``result`` (a DiagnosisResult for ``input_node``).
 
-    ``threshold`` (relevance value) overrides the automatic one; ``vr_logic`` is Slicer's
-    vtkSlicerVolumeRenderingLogic (``slicer.modules.volumerendering.logic()`` in Slicer,
-    ``SlicerRuntime.vr_logic`` headless); without it no volume rendering is set up.
+    The keywords are those of :class:`PushOptions`. ``threshold`` (relevance value) overrides the automatic
+    one; ``vr_logic`` is Slicer's vtkSlicerVolumeRenderingLogic (``slicer.modules.volumerendering.logic()``
+    in Slicer, ``SlicerRuntime.vr_logic`` headless); without it no volume rendering is set up.
+    Raises SceneError when the result's grid is not the input node's; on any failure the scene is left
+    as it was.
     """
     t0 = time.perf_counter()
+    options = PushOptions(opacity=opacity, threshold=threshold, top_percent=top_percent,
+                          volume_rendering=volume_rendering, show_in_views=show_in_views)
     rel = result.relevance
-    in_geom = node_ijk_to_ras(input_node)
     image = input_node.GetImageData()
     in_shape = tuple(image.GetDimensions()) if image is not None else None
     if in_shape != tuple(rel.shape):
         raise SceneError(f"relevance grid {tuple(rel.shape)} does not match '{input_node.GetName()}' {in_shape}")
-    to_world = parent_transform_to_world(input_node)
-    world = in_geom if to_world is None else to_world @ in_geom
-    if not np.allclose(world, rel.ijk_to_ras, atol=1e-4, rtol=1e-6):
+    if not np.allclose(node_world_ijk_to_ras(input_node), rel.ijk_to_ras, atol=1e-4, rtol=1e-6):
         raise SceneError("relevance geometry (IJK->RAS) does not match the input node; diagnose it again")
-    rng = display_range(rel.array, top_percent)
-    data = np.asarray(rel.array, dtype=np.float32)
+    rng = display_range(rel.array, options.top_percent)
 
     undo = _Undo(scene)
     try:
-        out = _push(scene, input_node, result, data, in_geom, rng, undo, opacity, threshold, vr_logic,
-                    volume_rendering, show_in_views)
+        out = _push(scene, input_node, result, rng=rng, options=options, vr_logic=vr_logic, undo=undo)
     except Exception:
         undo.rollback()
         raise
@@ -341,69 +329,69 @@ def push_results(scene, input_node, result, *, opacity: float = DEFAULT_OPACITY,
     return out
 
 
-def _push(scene, input_node, result, data, in_geom, rng, undo, opacity, threshold, vr_logic, volume_rendering,
-          show_in_views) -> SceneOutputs:
-    name = input_node.GetName()
+def _push(scene, input_node, result, *, rng: DisplayRange, options: PushOptions, vr_logic, undo: _Undo
+          ) -> SceneOutputs:
     scene.StartState(scene.BatchProcessState)
     try:
-        # --- relevance volume, exact geometry ------------------------------------------------------
-        rel_node = _ref(input_node, REF_RELEVANCE)
-        if rel_node is None:
-            rel_node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", f"{name} relevance")
-        else:
-            old_image, old_m = rel_node.GetImageData(), vtk.vtkMatrix4x4()
-            rel_node.GetIJKToRASMatrix(old_m)
-            undo.actions.append(lambda n=rel_node, i=old_image, m=old_m: (n.SetIJKToRASMatrix(m),
-                                                                          n.SetAndObserveImageData(i)))
-        disp = rel_node.GetDisplayNode()
-        if disp is None:  # made here, with automatic window/level off: no histogram pass over the voxels
-            disp = slicer.vtkMRMLScalarVolumeDisplayNode()
-            disp.AutoWindowLevelOff()
-            disp.AutoThresholdOff()
-            scene.AddNode(disp)
-            rel_node.SetAndObserveDisplayNodeID(disp.GetID())
-        rel_node.SetAttribute(ROLE, "relevance")
-        rel_node.SetAttribute("ADDiagnosis.model", f"{result.model_name} {result.model_version}")
-        rel_node.SetAttribute("ADDiagnosis.target", result.target)
-        rel_node.SetAttribute("ADDiagnosis.method", result.method)
-        _set_node_image(rel_node, data, in_geom)
-        parent = input_node.GetParentTransformNode()
-        rel_node.SetAndObserveTransformNodeID(parent.GetID() if parent is not None else None)
-
-        color, _ = _hot_color_node(scene)
-        disp.SetAndObserveColorNodeID(color.GetID())
-        disp.AutoWindowLevelOff()
-        disp.SetWindowLevelMinMax(rng["lower"], rng["upper"])
-        disp.AutoThresholdOff()
-        lower = rng["lower"] if threshold is None else float(threshold)
-        disp.SetThreshold(lower, max(rng["max"], lower) + 1.0)
-        disp.ApplyThresholdOn()
-        disp.SetInterpolate(1)
-
+        rel_node, disp = _relevance_volume(scene, input_node, result, undo)
+        color = _show_relevance(scene, disp, rng, options.threshold)
         legend = _legend(scene, rel_node, disp, result)
-
-        # --- slice views: relevance as foreground over the input ------------------------------------
-        if show_in_views:
-            show_overlay(scene, input_node, rel_node, opacity, undo)
-
-        # --- 3D: volume rendering of the top relevance ------------------------------------------------
-        vr_display = _volume_rendering(vr_logic, rel_node, rng) if (vr_logic and volume_rendering) else None
-
-        # --- probabilities: table + bar chart ----------------------------------------------------------
+        if options.show_in_views:  # slice views: relevance as foreground over the input
+            show_overlay(scene, input_node, rel_node, options.opacity, undo)
+        # 3D: volume rendering of the top relevance
+        vr_display = _volume_rendering(vr_logic, rel_node, rng) if (vr_logic and options.volume_rendering) else None
         table, chart, series = _probabilities(scene, input_node, result)
-        if show_in_views:
+        if options.show_in_views:
             show_chart(scene, chart, undo)
-
-        # --- subject hierarchy + references --------------------------------------------------------------
         _place_under(scene, input_node, [rel_node, table, chart, series])
         for role, node in ((REF_RELEVANCE, rel_node), (REF_TABLE, table), (REF_CHART, chart),
                            (REF_SERIES, series)):
-            old = input_node.GetNodeReferenceID(role)
-            undo.actions.append(lambda r=role, o=old: input_node.SetNodeReferenceID(r, o))
-            input_node.SetNodeReferenceID(role, node.GetID())
+            undo.set_reference(input_node, role, node)
     finally:
         scene.EndState(scene.BatchProcessState)
     return SceneOutputs(rel_node, color, legend, vr_display, table, chart, series)
+
+
+def _relevance_volume(scene, input_node, result, undo: _Undo):
+    """The relevance volume node (new, or the one a previous push made) with the input's exact geometry."""
+    rel_node = _ref(input_node, REF_RELEVANCE)
+    if rel_node is None:
+        rel_node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", f"{input_node.GetName()} relevance")
+    else:
+        old_image, old_m = rel_node.GetImageData(), vtk.vtkMatrix4x4()
+        rel_node.GetIJKToRASMatrix(old_m)
+        undo.actions.append(lambda n=rel_node, i=old_image, m=old_m: (n.SetIJKToRASMatrix(m),
+                                                                      n.SetAndObserveImageData(i)))
+    disp = rel_node.GetDisplayNode()
+    if disp is None:  # made here, with automatic window/level off: no histogram pass over the voxels
+        disp = slicer.vtkMRMLScalarVolumeDisplayNode()
+        disp.AutoWindowLevelOff()
+        disp.AutoThresholdOff()
+        scene.AddNode(disp)
+        rel_node.SetAndObserveDisplayNodeID(disp.GetID())
+    rel_node.SetAttribute(ROLE, "relevance")
+    rel_node.SetAttribute("ADDiagnosis.model", f"{result.model_name} {result.model_version}")
+    rel_node.SetAttribute("ADDiagnosis.target", result.target)
+    rel_node.SetAttribute("ADDiagnosis.method", result.method)
+    # the input's own IJK->RAS under the input's parent transform: where Slicer shows the input
+    set_node_image(rel_node, np.asarray(result.relevance.array, dtype=np.float32), node_ijk_to_ras(input_node))
+    parent = input_node.GetParentTransformNode()
+    rel_node.SetAndObserveTransformNodeID(parent.GetID() if parent is not None else None)
+    return rel_node, disp
+
+
+def _show_relevance(scene, disp, rng: DisplayRange, threshold: float | None):
+    """Hot colours, window/level and threshold of the relevance display node; returns the colour node."""
+    color = _hot_color_node(scene)
+    disp.SetAndObserveColorNodeID(color.GetID())
+    disp.AutoWindowLevelOff()
+    disp.SetWindowLevelMinMax(rng.lower, rng.upper)
+    disp.AutoThresholdOff()
+    lower = rng.lower if threshold is None else float(threshold)
+    disp.SetThreshold(lower, max(rng.max, lower) + 1.0)
+    disp.ApplyThresholdOn()
+    disp.SetInterpolate(1)
+    return color
 
 
 def _legend(scene, rel_node, disp, result):
@@ -440,36 +428,20 @@ def show_overlay(scene, background_node, foreground_node, opacity: float = DEFAU
         comp.SetForegroundOpacity(float(opacity))
 
 
-def set_overlay_opacity(scene, relevance_node, opacity: float) -> None:
-    """Live opacity change (the module's slider): every slice view showing the relevance."""
-    composites = scene.GetNodesByClass("vtkMRMLSliceCompositeNode")
-    for i in range(composites.GetNumberOfItems()):
-        comp = composites.GetItemAsObject(i)
-        if comp.GetForegroundVolumeID() == relevance_node.GetID():
-            comp.SetForegroundOpacity(float(opacity))
-
-
-def set_threshold(relevance_node, lower: float) -> None:
-    """Live threshold change (the module's slider): slice views hide relevance below ``lower``."""
-    disp = relevance_node.GetDisplayNode()
-    disp.SetThreshold(float(lower), max(float(lower), disp.GetUpperThreshold()))
-    disp.ApplyThresholdOn()
-
-
-def _volume_rendering(vr_logic, rel_node, rng):
+def _volume_rendering(vr_logic, rel_node, rng: DisplayRange):
     vr_display = vr_logic.GetFirstVolumeRenderingDisplayNode(rel_node)
     if vr_display is None:
         vr_display = vr_logic.CreateDefaultVolumeRenderingNodes(rel_node)
     prop_node = vr_display.GetVolumePropertyNode()
     prop = prop_node.GetVolumeProperty()
-    lo, mid, hi = rng["lower"], rng["vr_low"], rng["vr_high"]
+    lo, mid, hi = rng.lower, rng.vr_low, rng.vr_high
     opacity = vtk.vtkPiecewiseFunction()  # hidden below the slice threshold, opaque towards the top 1%
-    opacity.AddPoint(min(rng["min"], 0.0) - 1.0, 0.0)
+    opacity.AddPoint(min(rng.min, 0.0) - 1.0, 0.0)
     opacity.AddPoint(lo, 0.0)
     if lo < mid < hi:
         opacity.AddPoint(mid, 0.25)
     opacity.AddPoint(hi if hi > lo else lo + 1e-6, 0.85)
-    opacity.AddPoint(max(rng["max"], hi) + 1.0, 0.85)
+    opacity.AddPoint(max(rng.max, hi) + 1.0, 0.85)
     colors = vtk.vtkColorTransferFunction()
     for x, r, g, b in HOT:
         colors.AddRGBPoint(lo + x * (hi - lo), r, g, b)
@@ -573,7 +545,7 @@ def output_nodes(input_node) -> dict:
     """The output nodes a previous push referenced from ``input_node`` (missing ones left out)."""
     out = {}
     for key, role in (("relevance", REF_RELEVANCE), ("table", REF_TABLE), ("chart", REF_CHART),
-                      ("series", REF_SERIES), ("regions", "ADDiagnosis.regions")):
+                      ("series", REF_SERIES), ("regions", REF_REGIONS)):
         node = _ref(input_node, role)
         if node is not None:
             out[key] = node
@@ -581,147 +553,54 @@ def output_nodes(input_node) -> dict:
 
 
 def table_probabilities(table_node) -> dict[str, float]:
+    """{class: probability} read back from a probabilities table node."""
     t = table_node.GetTable()
     names, probs = t.GetColumnByName("Class"), t.GetColumnByName("Probability")
     return {names.GetValue(i): probs.GetValue(i) for i in range(t.GetNumberOfRows())}
 
 
-def array_from_node(node) -> np.ndarray:
-    """The node's voxels in IJK order (a view; Slicer's arrayFromVolume gives KJI)."""
-    image = node.GetImageData()
-    dims = image.GetDimensions()
-    return numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(dims[::-1]).transpose(2, 1, 0)
+# ---------------------------------------------------------------------------------------------------
+# Live display controls (the module's sliders): change what a push showed, without a new push
+# ---------------------------------------------------------------------------------------------------
+
+
+def set_overlay_opacity(scene, relevance_node, opacity: float) -> None:
+    """Live opacity change: every slice view showing the relevance."""
+    composites = scene.GetNodesByClass("vtkMRMLSliceCompositeNode")
+    for i in range(composites.GetNumberOfItems()):
+        comp = composites.GetItemAsObject(i)
+        if comp.GetForegroundVolumeID() == relevance_node.GetID():
+            comp.SetForegroundOpacity(float(opacity))
+
+
+def set_threshold(relevance_node, lower: float) -> None:
+    """Live threshold change: slice views hide relevance below ``lower``."""
+    disp = relevance_node.GetDisplayNode()
+    disp.SetThreshold(float(lower), max(float(lower), disp.GetUpperThreshold()))
+    disp.ApplyThresholdOn()
 
 
 def threshold_for_top_percent(relevance_node, top_percent: float) -> float:
     """The relevance value above which ``top_percent`` % of the node's positive voxels lie."""
     arr = array_from_node(relevance_node)
-    rng = display_range(arr, max(0.01, min(100.0, float(top_percent))))
-    return rng["lower"]
+    return display_range(arr, max(0.01, min(100.0, float(top_percent)))).lower
 
 
 def set_top_percent(relevance_node, top_percent: float) -> float:
-    """Live threshold change as 'show the top N % of positive relevance' (the module's slider)."""
+    """Live threshold change as 'show the top N % of positive relevance'; returns the threshold value."""
     lower = threshold_for_top_percent(relevance_node, top_percent)
     set_threshold(relevance_node, lower)
     return lower
 
 
-def diagnose_node(scene, input_node, package=None, method: str | None = None, target: str | None = None,
-                  device: str = "cpu", progress=None, vr_logic=None, opacity: float = DEFAULT_OPACITY,
-                  top_percent: float = DEFAULT_TOP_PERCENT):
-    """Volume node -> engine.diagnose -> push_results, blocking: the one path every front end takes.
-
-    Returns (result, SceneOutputs). A failure anywhere leaves the scene as it was.
-    """
-    from .engine import diagnose
-
-    volume = volume_from_node(input_node)
-    result = diagnose(volume, package, method, target or None, device, progress)
-    outputs = push_results(scene, input_node, result, vr_logic=vr_logic, opacity=opacity,
-                           top_percent=top_percent)
-    return result, outputs
+# Moved names, still importable from here (the Slicer module and the web app are adopting the new homes):
+# resolved on first use, so neither module is imported by this one at import time.
+_MOVED = {"region_summary": "regions", "SlicerRuntime": "runtime"}
 
 
-REF_REGIONS = "ADDiagnosis.regions"
+def __getattr__(name: str):
+    if name in _MOVED:
+        import importlib
 
-
-def _labels_on_grid(scene, regions_node, relevance_node) -> tuple[np.ndarray, dict[int, str]]:
-    """Integer labels on the relevance grid (IJK order) and their names, from a label map or segmentation."""
-    if regions_node.IsA("vtkMRMLSegmentationNode"):
-        ids = vtk.vtkStringArray()
-        regions_node.GetSegmentation().GetSegmentIDs(ids)
-        names = {i + 1: regions_node.GetSegmentation().GetSegment(ids.GetValue(i)).GetName()
-                 for i in range(ids.GetNumberOfValues())}
-        temporary = _Undo(scene)  # the export adds a label map, a display node and a colour table
-        tmp = slicer.vtkMRMLLabelMapVolumeNode()
-        scene.AddNode(tmp)
-        try:  # segment i -> label i+1, resampled onto the relevance node's grid by Slicer itself
-            ok = slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
-                regions_node, ids, tmp, relevance_node)
-            if not ok:
-                raise SceneError(f"could not turn segmentation '{regions_node.GetName()}' into labels")
-            labels = np.array(array_from_node(tmp), copy=True)
-        finally:
-            temporary.rollback()
-        return labels, names
-    if regions_node.IsA("vtkMRMLScalarVolumeNode"):  # label map (or any integer volume)
-        from scipy import ndimage
-
-        src = array_from_node(regions_node)
-        rel_ijk_to_ras = node_ijk_to_ras(relevance_node)
-        lab_world = node_ijk_to_ras(regions_node)
-        to_world = parent_transform_to_world(regions_node)
-        if to_world is not None:
-            lab_world = to_world @ lab_world
-        rel_to_world = parent_transform_to_world(relevance_node)
-        if rel_to_world is not None:
-            rel_ijk_to_ras = rel_to_world @ rel_ijk_to_ras
-        shape = tuple(relevance_node.GetImageData().GetDimensions())
-        rel_to_lab = np.linalg.inv(lab_world) @ rel_ijk_to_ras
-        if src.shape == shape and np.allclose(rel_to_lab, np.eye(4), atol=1e-4):
-            labels = np.asarray(src)
-        else:
-            labels = ndimage.affine_transform(np.asarray(src), rel_to_lab[:3, :3], rel_to_lab[:3, 3],
-                                              output_shape=shape, order=0, mode="constant", cval=0)
-        labels = labels.astype(np.int64)
-        color = regions_node.GetDisplayNode().GetColorNode() if regions_node.GetDisplayNode() else None
-        names = {}
-        for v in np.unique(labels):
-            if v > 0:
-                name = color.GetColorName(int(v)) if color is not None else ""
-                names[int(v)] = name if name and name != "(none)" else f"label {int(v)}"
-        return labels, names
-    raise SceneError(f"regions must be a label map or a segmentation, got {regions_node.GetClassName()}")
-
-
-def region_summary(scene, input_node, regions_node, relevance_node=None):
-    """Relevance per region (sum, mean, share of the total positive relevance) as a table under the input.
-
-    ``regions_node``: a label map volume (any grid: resampled, nearest neighbour) or a segmentation.
-    Re-running updates the same table; a failure leaves the scene as it was.
-    """
-    relevance_node = relevance_node or _ref(input_node, REF_RELEVANCE)
-    if relevance_node is None:
-        raise SceneError(f"'{input_node.GetName()}' has no relevance yet: diagnose it first")
-    undo = _Undo(scene)
-    try:
-        labels, names = _labels_on_grid(scene, regions_node, relevance_node)
-        rel = array_from_node(relevance_node)
-        flat_l = np.ravel(labels, order="F")  # same voxel order for both (no copy for node arrays)
-        flat_r = np.ravel(rel, order="F")
-        n = int(flat_l.max(initial=0)) + 1
-        count = np.bincount(flat_l, minlength=n)
-        total = np.bincount(flat_l, weights=flat_r.astype(np.float64), minlength=n)
-        positive = np.bincount(flat_l, weights=np.clip(flat_r, 0, None).astype(np.float64), minlength=n)
-        all_pos = float(np.clip(flat_r, 0, None).sum(dtype=np.float64))
-        table = _ref_or_new(scene, input_node, REF_REGIONS, "vtkMRMLTableNode",
-                            f"{input_node.GetName()} relevance by region")
-        table.SetAttribute(ROLE, "regions")
-        t = table.GetTable()
-        t.Initialize()
-        cols = {"Region": vtk.vtkStringArray(), "Label": vtk.vtkIntArray(), "Voxels": vtk.vtkIntArray(),
-                "Sum": vtk.vtkDoubleArray(), "Mean": vtk.vtkDoubleArray(), "Positive share": vtk.vtkDoubleArray()}
-        for name, arr in cols.items():
-            arr.SetName(name)
-        for label in sorted(names):
-            c = int(count[label]) if label < n else 0
-            cols["Region"].InsertNextValue(names[label])
-            cols["Label"].InsertNextValue(label)
-            cols["Voxels"].InsertNextValue(c)
-            cols["Sum"].InsertNextValue(float(total[label]) if c else 0.0)
-            cols["Mean"].InsertNextValue(float(total[label]) / c if c else 0.0)
-            cols["Positive share"].InsertNextValue(float(positive[label]) / all_pos if c and all_pos > 0 else 0.0)
-        for arr in cols.values():
-            t.AddColumn(arr)
-        table.SetColumnDescription("Positive share", "share of the total positive relevance inside the region")
-        table.SetLocked(True)
-        table.Modified()
-        _place_under(scene, input_node, [table])
-        old = input_node.GetNodeReferenceID(REF_REGIONS)
-        undo.actions.append(lambda o=old: input_node.SetNodeReferenceID(REF_REGIONS, o))
-        input_node.SetNodeReferenceID(REF_REGIONS, table.GetID())
-    except Exception:
-        undo.rollback()
-        raise
-    return table
+        return getattr(importlib.import_module(f"{__package__}.{_MOVED[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -6,7 +6,10 @@ displayable managers (volume rendering, colour legend). Off screen through Mesa 
 ``VTK_DEFAULT_OPENGL_WINDOW=vtkEGLRenderWindow`` before VTK is imported (done here when unset). Renders
 only when asked (no re-render on every MRML event).
 
-:func:`render_views` is the library call behind ``addiagnosis diagnose ... --views``.
+:func:`render_views` is the library call behind ``addiagnosis diagnose ... --views``. A long-lived front end
+(the web app) keeps one :class:`SceneViews` on its :class:`~addiagnosis.runtime.SlicerRuntime`, made before
+the first :func:`~addiagnosis.scene.push_results`, and calls ``SceneViews.render`` after each push.
+Imports ``slicer`` and ``vtk``, not torch.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ import slicer  # noqa: E402
 import vtk  # noqa: E402
 
 from . import RESEARCH_USE  # noqa: E402
-from .scene import SlicerRuntime, push_results  # noqa: E402
+from .runtime import SlicerRuntime  # noqa: E402
+from .scene import push_results  # noqa: E402
 from .volume import Volume  # noqa: E402
 
 ORIENTATIONS = {"axial": ("Red", "Axial"), "coronal": ("Green", "Coronal"), "sagittal": ("Yellow", "Sagittal")}
