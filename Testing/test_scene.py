@@ -194,7 +194,7 @@ def test_rerun_updates_instead_of_adding(pushed, tiny_package):
 
 
 def test_failed_push_leaves_scene_as_it_was(pushed, tiny_package, scan_files, monkeypatch):
-    rt, node, result, out, *_ = pushed
+    rt, node, result, out, plot_view, layout = pushed
     scene = rt.scene
     # a second input, never diagnosed: a failure half-way through its push must leave nothing behind
     other = rt.load_volume(scan_files["oblique-aniso"], name="other")
@@ -220,6 +220,22 @@ def test_failed_push_leaves_scene_as_it_was(pushed, tiny_package, scan_files, mo
         push_results(scene, node, result, vr_logic=rt.vr_logic)
     assert node_ids(scene) == before
     np.testing.assert_array_equal(array_from_node(out.relevance), old)
+    # a failure after the views were switched: slice views, layout and plot view are restored as well
+    monkeypatch.undo()
+    monkeypatch.setattr(bridge, "_place_under", boom)
+
+    def view_state():
+        comps = scene.GetNodesByClass("vtkMRMLSliceCompositeNode")
+        return ([(c.GetBackgroundVolumeID(), c.GetForegroundVolumeID(), c.GetForegroundOpacity())
+                 for c in (comps.GetItemAsObject(i) for i in range(comps.GetNumberOfItems()))],
+                layout.GetViewArrangement(), plot_view.GetPlotChartNodeID(),
+                scene.GetNodeByID("vtkMRMLSelectionNodeSingleton").GetActivePlotChartID())
+
+    views_before = view_state()
+    with pytest.raises(RuntimeError, match="simulated"):
+        push_results(scene, other, res, vr_logic=rt.vr_logic, opacity=0.9)
+    assert view_state() == views_before and node_ids(scene) == before
+    assert output_nodes(other) == {}
 
 
 def test_engine_failure_adds_no_nodes(pushed, tiny_package):

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -266,11 +267,16 @@ class _Undo:
         self.before = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
         self.actions: list = []
 
+    def change(self, get, set_, value) -> None:
+        """``set_(value)``, with what ``get()`` gave before restored on rollback."""
+        old = get()
+        self.actions.append(lambda: set_(old))
+        set_(value)
+
     def set_reference(self, node, role: str, target) -> None:
         """``node``'s ``role`` reference -> ``target`` (the old one is restored on rollback)."""
-        old = node.GetNodeReferenceID(role)
-        self.actions.append(lambda: node.SetNodeReferenceID(role, old))
-        node.SetNodeReferenceID(role, target.GetID())
+        self.change(partial(node.GetNodeReferenceID, role), partial(node.SetNodeReferenceID, role), target.GetID())
+
 
     def rollback(self) -> None:
         for action in reversed(self.actions):
@@ -282,6 +288,15 @@ class _Undo:
         for node in reversed([n for n in added if n is not None and n.GetID() not in self.before]):
             if node.GetScene() is self.scene:
                 self.scene.RemoveNode(node)
+
+
+def _set_only(get, set_, value) -> None:  # _Undo.change where nothing is to be undone
+    set_(value)
+
+
+def _nodes_of_class(scene, class_name: str) -> list:
+    nodes = scene.GetNodesByClass(class_name)
+    return [nodes.GetItemAsObject(i) for i in range(nodes.GetNumberOfItems())]
 
 
 def _ref(node, role: str):
@@ -415,17 +430,11 @@ def _legend(scene, rel_node, disp, result):
 
 def show_overlay(scene, background_node, foreground_node, opacity: float = DEFAULT_OPACITY, undo=None) -> None:
     """Input as background and relevance as foreground (with ``opacity``) in every slice view."""
-    composites = scene.GetNodesByClass("vtkMRMLSliceCompositeNode")
-    for i in range(composites.GetNumberOfItems()):
-        comp = composites.GetItemAsObject(i)
-        if undo is not None:
-            saved = (comp.GetBackgroundVolumeID(), comp.GetForegroundVolumeID(), comp.GetForegroundOpacity())
-            undo.actions.append(lambda c=comp, s=saved: (c.SetBackgroundVolumeID(s[0]),
-                                                         c.SetForegroundVolumeID(s[1]),
-                                                         c.SetForegroundOpacity(s[2])))
-        comp.SetBackgroundVolumeID(background_node.GetID())
-        comp.SetForegroundVolumeID(foreground_node.GetID())
-        comp.SetForegroundOpacity(float(opacity))
+    change = undo.change if undo is not None else _set_only
+    for comp in _nodes_of_class(scene, "vtkMRMLSliceCompositeNode"):
+        change(comp.GetBackgroundVolumeID, comp.SetBackgroundVolumeID, background_node.GetID())
+        change(comp.GetForegroundVolumeID, comp.SetForegroundVolumeID, foreground_node.GetID())
+        change(comp.GetForegroundOpacity, comp.SetForegroundOpacity, float(opacity))
 
 
 def _volume_rendering(vr_logic, rel_node, rng: DisplayRange):
@@ -504,26 +513,15 @@ def show_chart(scene, chart, undo=None) -> None:
     In desktop Slicer the layout manager creates the plot view node when the layout changes, and the
     selection node's active chart is what Slicer propagates to it (what vtkSlicerPlotsLogic does).
     """
-    layouts = scene.GetNodesByClass("vtkMRMLLayoutNode")
-    if layouts.GetNumberOfItems():
-        layout = layouts.GetItemAsObject(0)
-        if undo is not None:
-            old_layout = layout.GetViewArrangement()
-            undo.actions.append(lambda lo=layout, o=old_layout: lo.SetViewArrangement(o))
-        layout.SetViewArrangement(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpPlotView)
+    change = undo.change if undo is not None else _set_only
+    for layout in _nodes_of_class(scene, "vtkMRMLLayoutNode")[:1]:
+        change(layout.GetViewArrangement, layout.SetViewArrangement,
+               slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpPlotView)
     selection = scene.GetNodeByID("vtkMRMLSelectionNodeSingleton")
     if selection is not None:
-        if undo is not None:
-            old = selection.GetActivePlotChartID()
-            undo.actions.append(lambda o=old: selection.SetActivePlotChartID(o))
-        selection.SetActivePlotChartID(chart.GetID())
-    views = scene.GetNodesByClass("vtkMRMLPlotViewNode")
-    for i in range(views.GetNumberOfItems()):
-        view = views.GetItemAsObject(i)
-        if undo is not None:
-            old = view.GetPlotChartNodeID()
-            undo.actions.append(lambda v=view, o=old: v.SetPlotChartNodeID(o))
-        view.SetPlotChartNodeID(chart.GetID())
+        change(selection.GetActivePlotChartID, selection.SetActivePlotChartID, chart.GetID())
+    for view in _nodes_of_class(scene, "vtkMRMLPlotViewNode"):
+        change(view.GetPlotChartNodeID, view.SetPlotChartNodeID, chart.GetID())
 
 
 def _place_under(scene, input_node, nodes) -> None:
@@ -566,9 +564,7 @@ def table_probabilities(table_node) -> dict[str, float]:
 
 def set_overlay_opacity(scene, relevance_node, opacity: float) -> None:
     """Live opacity change: every slice view showing the relevance."""
-    composites = scene.GetNodesByClass("vtkMRMLSliceCompositeNode")
-    for i in range(composites.GetNumberOfItems()):
-        comp = composites.GetItemAsObject(i)
+    for comp in _nodes_of_class(scene, "vtkMRMLSliceCompositeNode"):
         if comp.GetForegroundVolumeID() == relevance_node.GetID():
             comp.SetForegroundOpacity(float(opacity))
 
