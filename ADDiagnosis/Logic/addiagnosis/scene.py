@@ -277,7 +277,6 @@ class _Undo:
         """``node``'s ``role`` reference -> ``target`` (the old one is restored on rollback)."""
         self.change(partial(node.GetNodeReferenceID, role), partial(node.SetNodeReferenceID, role), target.GetID())
 
-
     def rollback(self) -> None:
         for action in reversed(self.actions):
             try:
