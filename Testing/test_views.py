@@ -111,3 +111,46 @@ def test_render_views_library_call(tmp_path):
         with Image.open(path) as im:
             assert im.size == (512, 512)
     assert seconds < 20  # target 3 s on 2 cores (scripts/bench_scene.py); generous for loaded CI machines
+
+
+
+EXIT_SCRIPT = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from test_views import synthetic_case
+from addiagnosis.runtime import SlicerRuntime
+from addiagnosis.scene import push_results
+from addiagnosis.views import SceneViews, render_views
+
+vol, result = synthetic_case()
+rt = SlicerRuntime()
+node = rt.add_volume(vol)
+views = SceneViews(rt, size=(64, 64))
+push_results(rt.scene, node, result, vr_logic=rt.vr_logic)
+views.render(sys.argv[2], node)
+if sys.argv[4] == "closed":
+    views.close()
+render_views(vol, result, sys.argv[3], size=(64, 64))  # a private runtime comes and goes meanwhile
+if sys.argv[4] == "open":
+    views.render(sys.argv[2], node)
+print("rendered")
+"""
+
+
+@pytest.mark.parametrize("state", ["open", "closed"])
+def test_views_outlive_a_private_runtime_and_exit_cleanly(tmp_path, state):
+    """Views of one runtime (kept open, or closed) and render_views() in between: the process exits with 0.
+
+    Both crashed the interpreter at exit before (segmentation fault in a slice logic reacting to scene events).
+    """
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import addiagnosis
+
+    env = {**os.environ, "PYTHONPATH": str(Path(addiagnosis.__file__).resolve().parents[1])}
+    proc = subprocess.run([sys.executable, "-c", EXIT_SCRIPT, str(Path(__file__).parent), str(tmp_path / "a"),
+                           str(tmp_path / "b"), state], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("rendered"), proc.stderr[-2000:]

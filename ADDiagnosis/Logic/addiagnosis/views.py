@@ -69,12 +69,12 @@ class _View:
                 factory.RegisterDisplayableManager(name)
         self.group.Initialize(factory, self.renderer)
 
-    @staticmethod
-    def _attach(logic, runtime: SlicerRuntime, registry):
+    def _attach(self, logic, runtime: SlicerRuntime, registry):
         """Hook a slice/view logic to the application logic (which lists it in ``registry``) and the scene."""
         logic.SetMRMLApplicationLogic(runtime.app_logic)
         registry.AddItem(logic)
         logic.SetMRMLScene(runtime.scene)
+        self._registry = registry
         return logic
 
     def png(self, path: Path) -> Path:
@@ -90,7 +90,10 @@ class _View:
         return path
 
     def close(self):
+        """Stop observing the scene (a closed view must not react to later scene events) and free the window."""
         self.group.SetMRMLDisplayableNode(None)
+        self.logic.SetMRMLScene(None)
+        self._registry.RemoveItem(self.logic)
         self.window.Finalize()
 
 
@@ -209,6 +212,11 @@ def render_views(input_volume: Volume, result, out_dir: Path, size=(512, 512)) -
     Slice planes pass through the centroid of the top 1% relevance when known. Returns {view: path}.
     """
     t0 = time.perf_counter()
+    # The displayable manager factories are process-wide: a private runtime borrows them and hands them back
+    # (a caller's own views left on a dead runtime's application logic crash the process when it exits).
+    factories = (slicer.vtkMRMLSliceViewDisplayableManagerFactory.GetInstance(),
+                 slicer.vtkMRMLThreeDViewDisplayableManagerFactory.GetInstance())
+    owners = [f.GetMRMLApplicationLogic() for f in factories]
     runtime = SlicerRuntime()
     node = runtime.add_volume(input_volume)
     views = SceneViews(runtime, size)
@@ -218,6 +226,8 @@ def render_views(input_volume: Volume, result, out_dir: Path, size=(512, 512)) -
         files = views.render(out_dir, node, focus)
     finally:
         views.close()
+        for factory, owner in zip(factories, owners):
+            factory.SetMRMLApplicationLogic(owner)
     render_views.last_seconds = time.perf_counter() - t0
     render_views.research_use = RESEARCH_USE
     return files
