@@ -15,7 +15,10 @@ tests, the benchmarks) :class:`SlicerRuntime` builds the same pieces without Qt 
     outputs = push_results(rt.scene, node, result, vr_logic=rt.vr_logic)
     views.render(out_dir, node)
 
-This module imports ``slicer`` and ``vtk`` but not torch.
+Several runtimes may live in one process (one per web session), but Slicer's displayable manager factories
+are process-wide and follow the runtime made last (and the views made last): make a runtime's views right
+after it, close views you drop (``SceneViews.close``), and let :func:`addiagnosis.views.render_views` use its
+own private runtime (it hands the factories back). This module imports ``slicer`` and ``vtk``, not torch.
 """
 
 from __future__ import annotations
