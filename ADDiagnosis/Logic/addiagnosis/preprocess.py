@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import InputError
+from .intensity import head_mask
 
 # the registry's names stay importable from here (callers and tests use addiagnosis.preprocess.prepare)
 from .registry import (  # noqa: F401
@@ -33,7 +34,6 @@ from .registry import (  # noqa: F401
     register,
     register_reference,
 )
-from .intensity import head_mask
 from .volume import Volume
 
 
