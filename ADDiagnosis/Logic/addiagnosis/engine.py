@@ -16,6 +16,7 @@ import torch
 
 from . import RESEARCH_USE, __version__
 from .card import AUTO_METHOD, METHOD_CHOICES, METHODS, SYNTHETIC_NOTICE, recommended_method  # noqa: F401
+from .checks import check_volume
 from .errors import AddiagnosisError, ModelError
 from .lrp import REFERENCE_METHODS, FastLRP
 from .metrics import share_inside
@@ -187,6 +188,7 @@ class Diagnoser:
         The steps :meth:`run` takes before mapping relevance onto the input grid; evaluation takes them too.
         ``timings`` (if given) receives the seconds of preprocess, forward and relevance.
         """
+        check_volume(volume)  # the one image validation, whatever made the Volume (file, Slicer node, web)
         method = self.resolve_method(method)
         if target not in (None, "") and not isinstance(target, int):
             self.package.class_index(target)  # fail before any work on an unknown class name

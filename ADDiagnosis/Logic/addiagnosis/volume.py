@@ -7,28 +7,25 @@ one-line :class:`InputError` before doing anything expensive.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import logging
 import os
+import warnings
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from . import checks
+from .checks import check_nifti_header, check_values
 from .errors import InputError, OutputError
 
 try:
     from isal import igzip as _igzip
 except ImportError:  # optional speed-up; nibabel's gzip is used without it
     _igzip = None
-
-# Refuse headers that would need more memory than any brain MRI does (before allocating).
-MAX_VOXELS = 512 * 512 * 512
-MAX_DIM = 2048
-MIN_DIM = 8
-# Integer images with this few distinct values are label maps/segmentations, not T1 scans.
-MAX_LABELS = 64
-NIFTI_INTENT_LABEL = 1002
 
 
 @dataclass
@@ -64,120 +61,137 @@ def _nibabel():
     return nib
 
 
+@contextlib.contextmanager
+def quiet():
+    """No nibabel/numpy warnings or nibabel log lines on stderr: problems are reported as one-line errors."""
+    logger = logging.getLogger("nibabel")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+_CHUNK = 16 << 20
+_GEOMETRY_FIELDS = ("qform_code", "sform_code", "quatern_b", "quatern_c", "quatern_d", "qoffset_x", "qoffset_y",
+                    "qoffset_z", "srow_x", "srow_y", "srow_z")
+
+
 def read_nifti(path: str | os.PathLike, name: str | None = None) -> Volume:
-    """Read a .nii/.nii.gz scan as a float32 Volume, refusing anything that is not a usable 3D scan."""
-    nib = _nibabel()
+    """Read a .nii/.nii.gz scan (NIfTI-1 or -2) as a float32 Volume, refusing anything that is not a usable scan.
+
+    The header is checked (:func:`addiagnosis.checks.check_nifti_header`) before any data is read, and
+    exactly the number of bytes it declares is read (from the gzip stream too: trailing data is never
+    decompressed), so memory is bounded by the declared image size.
+    """
     path = Path(path)
     if not path.exists():
         raise InputError("no such file", path)
     if path.is_dir():
         raise InputError("is a directory, not a NIfTI file", path)
-    try:
-        img = nib.load(str(path))
-    except Exception as exc:  # nibabel raises many types for non-NIfTI input
-        raise InputError(f"not a readable NIfTI file ({_short(exc)})", path) from None
-    compressed = str(path).endswith(".gz")
-    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
-        raise InputError(f"not a NIfTI file (nibabel read it as {type(img).__name__})", path)
-
-    shape = tuple(int(s) for s in img.shape)
-    check_shape(shape, path)
-    header = img.header
-    if int(header.get("intent_code", 0)) == NIFTI_INTENT_LABEL:
-        raise InputError("is a label map (NIfTI intent 'label'), not an MRI scan", path)
-    _check_file_size(path, img)
-    if compressed and _igzip is not None and isinstance(img, nib.Nifti1Image):
-        # whole-file decompression with ISA-L is ~2x faster than nibabel's streaming gzip
+    with quiet():
         try:
-            img = nib.Nifti1Image.from_bytes(_igzip.decompress(path.read_bytes()))
-        except Exception as exc:
+            fh = open(path, "rb")
+        except OSError as exc:
+            raise InputError(f"cannot read ({exc.strerror or exc})", path) from None
+        try:
+            with fh:
+                compressed = fh.read(2) == b"\x1f\x8b"
+                fh.seek(0)
+                stream = (_igzip.IGzipFile if _igzip is not None else gzip.GzipFile)(fileobj=fh) if compressed else fh
+                header = _read_header(stream, path)
+                facts = check_nifti_header(header, path)
+                if not compressed:
+                    have, need = path.stat().st_size, facts["offset"] + facts["nbytes"]
+                    if have < need:
+                        raise InputError(f"truncated: file has {have} bytes, header needs {need}", path)
+                buf = _read_data(stream, facts, int(header["sizeof_hdr"]), path)
+        except (EOFError, zlib.error, gzip.BadGzipFile, OSError, ValueError) as exc:
             raise InputError(f"truncated or corrupt image data ({_short(exc)})", path) from None
+        raw = np.frombuffer(buf, dtype=facts["dtype"], count=int(np.prod(facts["shape"]))).reshape(
+            facts["shape"], order="F")
+        if facts["slope"] is None:
+            data = raw.astype(np.float32, copy=False)  # no copy for native float32 data
+        else:  # the same values as nibabel's get_fdata() (float64), then float32
+            from nibabel.volumeutils import apply_read_scaling
 
-    try:
-        # nibabel moves the file's scl_slope/scl_inter onto the data proxy when it loads
-        slope = float(getattr(img.dataobj, "slope", 1.0))
-        inter = float(getattr(img.dataobj, "inter", 0.0))
-        unscaled = slope == 1.0 and inter == 0.0
-        if unscaled and np.dtype(header.get_data_dtype()).kind in "iuf":
-            raw = np.asanyarray(img.dataobj.get_unscaled())
-            data = raw.astype(np.float32)
-        else:  # same values as the original app's get_fdata() (float64) then .float()
-            raw = None
-            data = img.get_fdata(caching="unchanged").astype(np.float32)
-    except (EOFError, zlib.error, gzip.BadGzipFile, OSError, ValueError) as exc:
-        raise InputError(f"truncated or corrupt image data ({_short(exc)})", path) from None
-
-    while data.ndim > 3 and data.shape[-1] == 1:
-        data = data[..., 0]
-    if raw is not None:
-        while raw.ndim > 3 and raw.shape[-1] == 1:
-            raw = raw[..., 0]
-    check_array(data, path, raw_integer=raw if raw is not None and raw.dtype.kind in "iu" else None)
-    vol = Volume(data, img.affine, name or scan_stem(path))
+            data = np.asarray(apply_read_scaling(raw, np.float64(facts["slope"]), np.float64(facts["inter"])),
+                              dtype=np.float64).astype(np.float32)
+        del raw, buf
+        while data.ndim > 3 and data.shape[-1] == 1:
+            data = data[..., 0]
+        check_values(data, path)
+    vol = Volume(data, facts["affine"], name or scan_stem(path))
     vol.meta["source"] = str(path)
+    vol.meta["nifti_geometry"] = {k: np.array(header[k]).tolist() for k in _GEOMETRY_FIELDS}
+    vol.meta["nifti_geometry"]["pixdim"] = np.array(header["pixdim"][:4]).tolist()
     return vol
 
 
-def check_shape(shape: tuple[int, ...], path=None) -> None:
-    """Refuse 2D, 4D and absurd shapes from the header alone (nothing allocated yet)."""
-    dims = list(shape)
-    while len(dims) > 3 and dims[-1] == 1:
-        dims.pop()
-    if len(dims) < 3 or min(dims[:3]) < 2:
-        raise InputError(f"is a 2D image (shape {tuple(shape)}); a 3D brain volume is needed", path)
-    if len(dims) > 3:
-        raise InputError(
-            f"is a {len(dims)}D image (shape {tuple(shape)}); give one 3D volume "
-            "(e.g. extract it with fslroi or nibabel)",
-            path,
-        )
-    if min(dims) < MIN_DIM:
-        raise InputError(f"has only {min(dims)} voxels along one axis (shape {tuple(shape)}); too small", path)
-    n = int(np.prod(np.array(dims, dtype=np.float64)))
-    if max(dims) > MAX_DIM or n > MAX_VOXELS:
-        raise InputError(
-            f"header claims absurd dimensions {tuple(shape)} ({n:.3g} voxels); refusing to allocate", path
-        )
+def _read_header(stream, path):
+    """The NIfTI-1 or NIfTI-2 header at the start of the stream (nothing else is read)."""
+    nib = _nibabel()
+    first = stream.read(4)
+    if len(first) < 4:
+        raise InputError("not a readable NIfTI file (too short for a header)", path)
+    for endian in ("<", ">"):
+        size = int(np.frombuffer(first, dtype=f"{endian}i4")[0])
+        if size in (348, 540):
+            break
+    else:
+        raise InputError("not a readable NIfTI file (no NIfTI-1/NIfTI-2 header)", path)
+    block = first + stream.read(size - 4)
+    if len(block) < size:
+        raise InputError("not a readable NIfTI file (header cut short)", path)
+    klass = nib.Nifti1Header if size == 348 else nib.Nifti2Header
+    try:
+        header = klass(binaryblock=block, endianness=endian, check=False)
+    except Exception as exc:  # nibabel raises several types for garbage
+        raise InputError(f"not a readable NIfTI file ({_short(exc)})", path) from None
+    magic = header["magic"].item()
+    if magic not in (b"n+1", b"n+2"):
+        if magic in (b"ni1", b"ni2"):
+            raise InputError("is the header of a .hdr/.img pair; convert it to a single .nii file", path)
+        raise InputError("not a readable NIfTI file (bad magic string)", path)
+    return header
 
 
-def check_array(data: np.ndarray, path=None, raw_integer: np.ndarray | None = None) -> None:
-    """Refuse NaN/Inf, constant volumes and label maps."""
-    if data.dtype.kind == "f":
-        finite = np.isfinite(data)
-        if not finite.all():
-            bad = int(data.size - np.count_nonzero(finite))
-            raise InputError(f"contains {bad} NaN/Inf voxels", path)
-    lo, hi = float(data.min()), float(data.max())
-    if lo == hi:
-        raise InputError(f"all voxels have the same value ({lo:g}); nothing to analyse", path)
-    if raw_integer is not None and _distinct_at_most(raw_integer, MAX_LABELS):
-        raise InputError(
-            f"looks like a label map (integer image with at most {MAX_LABELS} distinct values), not an MRI scan",
-            path,
-        )
+def _read_data(stream, facts: dict, consumed: int, path) -> bytearray:
+    """Exactly the declared data bytes, after skipping extensions; a short stream is a truncated file."""
+    skip = facts["offset"] - consumed
+    while skip > 0:  # extensions (bounded by the header check); read in chunks, never held whole
+        got = len(stream.read(min(skip, _CHUNK)))
+        if got == 0:
+            raise InputError("truncated: the file ends inside the header extensions", path)
+        skip -= got
+    buf = bytearray(facts["nbytes"])
+    view = memoryview(buf)
+    pos = 0
+    while pos < len(buf):
+        chunk = stream.read(min(len(buf) - pos, _CHUNK))
+        if not chunk:
+            raise InputError(f"truncated or corrupt image data (stream ends after {pos} of {len(buf)} data bytes)",
+                             path)
+        view[pos : pos + len(chunk)] = chunk
+        pos += len(chunk)
+    return buf
 
 
-def _distinct_at_most(a: np.ndarray, limit: int) -> bool:
-    lo, hi = int(a.min()), int(a.max())
-    if hi - lo <= 1 << 20:
-        counts = np.bincount(a.ravel(order="K").astype(np.int64) - lo)
-        return int(np.count_nonzero(counts)) <= limit
-    sample = a.ravel(order="K")[:: max(1, a.size // 200_000)]
-    return len(np.unique(sample)) <= limit and len(np.unique(a)) <= limit
+def check_shape(shape, path=None):
+    """Kept for callers of the old name: see :func:`addiagnosis.checks.check_shape`."""
+    return checks.check_shape(shape, path)
 
 
-def _check_file_size(path: Path, img) -> None:
-    if str(path).endswith(".gz"):
-        return
-    header = img.header
-    need = int(header.get_data_offset()) + int(np.prod(img.shape)) * np.dtype(header.get_data_dtype()).itemsize
-    have = path.stat().st_size
-    if have < need:
-        raise InputError(f"truncated: file has {have} bytes, header needs {need}", path)
+def write_nifti(volume: Volume, path: str | os.PathLike, description: str = "ADDiagnosis",
+                geometry_of: Volume | None = None) -> None:
+    """Write a Volume as NIfTI-1 with its exact affine in both qform and sform (code 1, scanner).
 
-
-def write_nifti(volume: Volume, path: str | os.PathLike, description: str = "ADDiagnosis") -> None:
-    """Write a Volume as NIfTI-1 with its exact affine in both qform and sform (code 1, scanner)."""
+    With ``geometry_of`` (the input scan, read by :func:`read_nifti`, on the same grid), the output carries
+    that file's own qform and sform fields and codes unchanged instead.
+    """
     nib = _nibabel()
     data = np.asarray(volume.array)
     if data.dtype == np.float64:
@@ -186,6 +200,14 @@ def write_nifti(volume: Volume, path: str | os.PathLike, description: str = "ADD
     img.header.set_xyzt_units("mm", "sec")
     img.set_qform(volume.ijk_to_ras, code=1)
     img.set_sform(volume.ijk_to_ras, code=1)
+    geometry = (geometry_of.meta.get("nifti_geometry") if geometry_of is not None else None) or None
+    if geometry is not None and np.array_equal(geometry_of.ijk_to_ras, volume.ijk_to_ras):
+        header = img.header
+        for key in _GEOMETRY_FIELDS:
+            header[key] = geometry[key]
+        pixdim = header["pixdim"]
+        pixdim[:4] = geometry["pixdim"]
+        header["pixdim"] = pixdim
     img.header["descrip"] = description[:79].encode()
     try:
         if str(path).endswith(".gz") and _igzip is not None:
