@@ -10,13 +10,14 @@ import argparse
 import importlib
 import io
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
 from . import RESEARCH_USE, __version__
 from .card import AUTO_METHOD, DEFAULT_METHOD, METHOD_CHOICES, sha256_file
-from .errors import AddiagnosisError, InputError
+from .errors import AddiagnosisError, InputError, display_name
 
 EXIT_USER_ERROR = 2
 PLUGIN_COMMANDS = ("synth", "train", "evaluate")
@@ -49,20 +50,19 @@ def default_scan() -> Path:
 # ------------------------------------------------------------------------------------------ diagnose
 def cmd_diagnose(args) -> int:
     from .engine import get_diagnoser
-    from .report import AtomicOutputDir
+    from .outputs import RESULT_FILES, OutputSet
 
     progress = Progress(args.progress or (sys.stderr.isatty() and not args.quiet))
     scan = Path(args.scan) if args.scan else default_scan()
-    out_dir = Path(args.out)
-    # fail on an unusable output directory before any expensive work
-    with AtomicOutputDir(out_dir):
-        pass
-    t0 = time.perf_counter()
-    progress("loading model", 0.0)
-    diagnoser = get_diagnoser(args.model, args.device)
-    if args.target:
-        diagnoser.package.class_index(args.target)
-    report, files = diagnose_scan(diagnoser, scan, out_dir, args, progress, t0)
+    # the whole run is one staged result set: an unusable output folder fails before any expensive work, and
+    # a failure (or Ctrl-C) anywhere leaves the folder as it was
+    with OutputSet(args.out, replaces=RESULT_FILES) as out:
+        t0 = time.perf_counter()
+        progress("loading model", 0.0)
+        diagnoser = get_diagnoser(args.model, args.device)
+        if args.target:
+            diagnoser.package.class_index(args.target)
+        report, files = diagnose_scan(diagnoser, scan, out, args, progress, t0)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -70,8 +70,8 @@ def cmd_diagnose(args) -> int:
     return 0
 
 
-def diagnose_scan(diagnoser, scan: Path, out_dir: Path, args, progress, t0: float) -> tuple[dict, dict]:
-    """Read one scan, diagnose it, write its outputs into out_dir; returns (report, files)."""
+def diagnose_scan(diagnoser, scan: Path, out, args, progress, t0: float) -> tuple[dict, dict]:
+    """Read one scan, diagnose it, write its outputs into ``out`` (a staged folder of an OutputSet)."""
     from .report import write_outputs
     from .volume import read_nifti
 
@@ -85,27 +85,54 @@ def diagnose_scan(diagnoser, scan: Path, out_dir: Path, args, progress, t0: floa
     result = diagnoser.run(volume, method=args.method, target=args.target, progress=progress)
     timings.update(result.timings)
     for warning in result.warnings:
-        print(f"addiagnosis: warning: {scan}: {warning}", file=sys.stderr)
+        print(f"addiagnosis: warning: {display_name(scan)}: {' '.join(str(warning).split())}", file=sys.stderr)
 
-    def views(out):
+    def views(staged):
         if not args.views:
             return {}
         from .views import render_views
 
-        paths = render_views(volume, result, out.tmp)
+        paths = render_views(volume, result, staged.folder)
         return {k: Path(p).name for k, p in paths.items()}
 
     t = time.perf_counter()
     progress("writing results", 0.9)
+
+    def finalize(report):  # report.json is written once, with the complete timings (write included)
+        timings["write"] = time.perf_counter() - t
+        timings["total"] = time.perf_counter() - t0
+        report["timings_s"] = {k: round(v, 4) for k, v in timings.items()}
+
     report = result.report(volume)
-    files = write_outputs(out_dir, volume, result, report, figures=not args.no_figures, extra=views)
-    timings["write"] = time.perf_counter() - t
-    timings["total"] = time.perf_counter() - t0
-    # the final report carries the complete timings (write included)
-    report["timings_s"] = {k: round(v, 4) for k, v in timings.items()}
-    _write_text_atomic(out_dir / "report.json", json.dumps(report, indent=2) + "\n")
+    files = write_outputs(out, volume, result, report, figures=not args.no_figures, extra=views, finalize=finalize)
     progress("done", 1.0)
     return report, files
+
+
+def _read_scan_list(listing: str) -> list[Path]:
+    try:
+        raw = Path(listing).read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read the scan list ({exc.strerror or exc})", listing) from None
+    base = Path(listing).parent
+    lines = (os.fsdecode(x.strip()) for x in raw.splitlines())  # any bytes: names need not be UTF-8
+    return [p if p.is_absolute() else base / p for p in (Path(x) for x in lines if x)]
+
+
+def _previous_batch_entries(out_root: Path) -> list[str]:
+    """The scan folders named by an earlier run's summary.tsv (the result set a new run replaces)."""
+    import csv
+
+    try:
+        text = (out_root / "summary.tsv").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    names = []
+    for row in csv.DictReader(io.StringIO(text, newline=""), delimiter="\t"):
+        name = row.get("output") or ""
+        if name and not name.startswith(".") and "/" not in name and "\\" not in name and (out_root / name).is_dir():
+            names.append(name)
+    return names
 
 
 def cmd_batch(args) -> int:
@@ -113,63 +140,64 @@ def cmd_batch(args) -> int:
     import csv
 
     from .engine import get_diagnoser
-    from .report import AtomicOutputDir
-    from .volume import scan_stem
+    from .outputs import STAGING_PREFIX, OutputSet, unique_names
 
     scans = [Path(p) for p in args.scans]
     if args.list:
-        try:
-            lines = Path(args.list).read_text().splitlines()
-        except OSError as exc:
-            raise InputError(f"cannot read the scan list ({exc.strerror or exc})", args.list) from None
-        base = Path(args.list).parent
-        scans += [p if p.is_absolute() else base / p for p in (Path(x.strip()) for x in lines if x.strip())]
+        scans += _read_scan_list(args.list)
     if not scans:
         raise InputError("no scans given (list them, or give --list FILE with one path per line)")
     out_root = Path(args.out)
-    with AtomicOutputDir(out_root):
-        pass
-    diagnoser = get_diagnoser(args.model, args.device)
-    if args.target:
-        diagnoser.package.class_index(args.target)
-    names = diagnoser.package.class_names
-    progress = Progress(False)
-    rows, failed, seen = [], 0, set()
-    t_all = time.perf_counter()
-    for n, scan in enumerate(scans, 1):
-        stem = scan_stem(scan)
-        key = stem if stem not in seen else f"{stem}-{n}"
-        seen.add(key)
-        t0 = time.perf_counter()
-        try:
-            report, _ = diagnose_scan(diagnoser, scan, out_root / key, args, progress, t0)
-        except AddiagnosisError as exc:
-            failed += 1
-            print(f"addiagnosis: error: {exc}", file=sys.stderr)
-            rows.append({"scan": str(scan), "output": "", "status": "error", "error": exc.problem})
-            continue
-        rows.append({"scan": str(scan), "output": key, "status": "ok", "predicted": report["predicted_class"],
-                     **{f"p_{c}": f"{report['probabilities'][c]:.6f}" for c in names},
-                     "seconds": f"{report['timings_s']['total']:.3f}"})
-        if not args.quiet:
-            print(f"[{n}/{len(scans)}] {scan.name}: {report['predicted_class']} "
-                  f"(p={report['probabilities'][report['predicted_class']]:.3f})", file=sys.stderr)
-    fields = ["scan", "output", "status", "predicted", *[f"p_{c}" for c in names], "seconds", "error"]
-    table = io.StringIO(newline="")
-    writer = csv.DictWriter(table, fieldnames=fields, delimiter="\t", restval="")
-    writer.writeheader()
-    writer.writerows(rows)
-    _write_text_atomic(out_root / "summary.tsv", table.getvalue())
+    previous = _previous_batch_entries(out_root)
+    with OutputSet(out_root, replaces=["summary.tsv", *previous]) as out:
+        diagnoser = get_diagnoser(args.model, args.device)
+        if args.target:
+            diagnoser.package.class_index(args.target)
+        names = diagnoser.package.class_names
+        # folder names: unique, and never one of the user's own entries in the output folder
+        own = {n for n in os.listdir(out_root) if n not in previous and not n.startswith(STAGING_PREFIX)}
+        keys = unique_names(scans, reserved={"summary.tsv", *own})
+        progress = Progress(False)
+        rows, failed = [], 0
+        t_all = time.perf_counter()
+        for n, (scan, key) in enumerate(zip(scans, keys), 1):
+            t0 = time.perf_counter()
+            try:
+                with out.entry(key) as folder:
+                    report, _ = diagnose_scan(diagnoser, scan, folder, args, progress, t0)
+            except Exception as exc:  # any failure of one scan (MemoryError included) is one row; the run goes on
+                failed += 1
+                problem = _problem(exc)
+                print(f"addiagnosis: error: {display_name(scan)}: {problem}", file=sys.stderr)
+                rows.append({"scan": display_name(scan), "output": "", "status": "error", "error": problem})
+                continue
+            rows.append({"scan": display_name(scan), "output": key, "status": "ok",
+                         "predicted": report["predicted_class"],
+                         **{f"p_{c}": f"{report['probabilities'][c]:.6f}" for c in names},
+                         "seconds": f"{report['timings_s']['total']:.3f}"})
+            if not args.quiet:
+                print(f"[{n}/{len(scans)}] {display_name(scan.name)}: {report['predicted_class']} "
+                      f"(p={report['probabilities'][report['predicted_class']]:.3f})", file=sys.stderr)
+        fields = ["scan", "output", "status", "predicted", *[f"p_{c}" for c in names], "seconds", "error"]
+        table = io.StringIO(newline="")
+        writer = csv.DictWriter(table, fieldnames=fields, delimiter="\t", restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+        out.write_text("summary.tsv", table.getvalue())
     print(f"{len(scans) - failed} of {len(scans)} scans diagnosed in {time.perf_counter() - t_all:.1f} s "
-          f"-> {out_root / 'summary.tsv'}")
+          f"-> {display_name(out_root / 'summary.tsv')}")
     print(RESEARCH_USE)
     return EXIT_USER_ERROR if failed else 0
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+def _problem(exc: BaseException) -> str:
+    """One line for a scan that failed: the user error's own text, else the exception's type and text."""
+    if isinstance(exc, AddiagnosisError):
+        return exc.problem
+    if isinstance(exc, MemoryError):
+        return "out of memory"
+    text = " ".join(display_name(str(exc)).split())[:200]
+    return f"unexpected error ({type(exc).__name__}{': ' + text if text else ''})"
 
 
 def summary_text(report: dict, files: dict) -> str:
@@ -299,10 +327,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        from .volume import quiet
+
+        with quiet():  # nibabel/numpy warnings never reach stderr: problems are one-line errors
+            parser = build_parser()
+            args = parser.parse_args(argv)
+            return int(args.func(args) or 0)
     except AddiagnosisError as exc:
         print(f"addiagnosis: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR

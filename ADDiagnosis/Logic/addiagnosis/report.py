@@ -4,85 +4,44 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 
-from .errors import OutputError
 from .intensity import head_mask, robust_range
+from .outputs import OutputSet
 from .volume import Volume, write_nifti
 
 
-class AtomicOutputDir:
-    """Collect files in a hidden temporary folder inside DIR, move them into DIR only on success.
+def write_outputs(out: str | os.PathLike | OutputSet, input_volume: Volume, result, report: dict,
+                  figures: bool = True, extra: Callable[[OutputSet], dict] | None = None,
+                  finalize: Callable[[dict], None] | None = None) -> dict:
+    """Write relevance.nii.gz, overview.png (+ ``extra``'s files) and, last and once, report.json.
 
-    On failure nothing is left behind (and DIR itself is removed again if this run created it).
+    ``out`` is a staged folder of an :class:`~addiagnosis.outputs.OutputSet` (committed by the caller), or a
+    folder path (then this call is the whole result set, committed on return). ``finalize(report)`` runs just
+    before report.json is written (e.g. to add the final timings). Returns {kind: final path}.
     """
-
-    def __init__(self, out_dir: str | os.PathLike):
-        self.out = Path(out_dir)
-        self.created = False
-        self.tmp: Path | None = None
-
-    def __enter__(self) -> AtomicOutputDir:
-        try:
-            if not self.out.exists():
-                self.out.mkdir(parents=True)
-                self.created = True
-            elif not self.out.is_dir():
-                raise OutputError("exists and is not a directory", self.out)
-            self.tmp = Path(tempfile.mkdtemp(prefix=".addiagnosis-tmp-", dir=self.out))
-        except OutputError:
-            raise
-        except OSError as exc:
-            self._cleanup()
-            raise OutputError(f"output directory is not writable ({exc.strerror or exc})", self.out) from None
-        return self
-
-    def path(self, name: str) -> Path:
-        assert self.tmp is not None
-        return self.tmp / name
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is None:
-            try:
-                for item in sorted(self.tmp.iterdir()):
-                    os.replace(item, self.out / item.name)
-            except OSError as err:
-                self._cleanup()
-                raise OutputError(f"cannot move results into place ({err.strerror or err})", self.out) from None
-        self._cleanup()
-        return False
-
-    def _cleanup(self):
-        if self.tmp is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-        if self.created and self.out.exists() and not any(self.out.iterdir()):
-            self.out.rmdir()
-
-
-def write_outputs(out_dir: str | os.PathLike, input_volume: Volume, result, report: dict,
-                  figures: bool = True, extra: Callable[[AtomicOutputDir], dict] | None = None) -> dict:
-    """Write relevance.nii.gz, report.json and overview.png into out_dir; returns {name: final path}."""
-    with AtomicOutputDir(out_dir) as out:
-        # gzip of the relevance map (zlib releases the GIL) runs beside the figure rendering
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            nifti = pool.submit(write_nifti, result.relevance, out.path("relevance.nii.gz"),
-                                f"ADDiagnosis {result.method} relevance for {result.target}")
-            files = {"relevance": "relevance.nii.gz", "report": "report.json"}
-            if figures:
-                overview_png(input_volume, result, out.path("overview.png"))
-                files["overview"] = "overview.png"
-            if extra is not None:
-                files.update(extra(out))
-            nifti.result()
-        report["files"] = files  # the caller's dict: it may rewrite the report with final timings
-        out.path("report.json").write_text(json.dumps(report, indent=2) + "\n")
-    return {k: out.out / v for k, v in files.items()}
+    if not hasattr(out, "path"):
+        with OutputSet(out) as staged:
+            return write_outputs(staged, input_volume, result, report, figures, extra, finalize)
+    # gzip of the relevance map (zlib releases the GIL) runs beside the figure rendering
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        nifti = pool.submit(write_nifti, result.relevance, out.path("relevance.nii.gz"),
+                            f"ADDiagnosis {result.method} relevance for {result.target}", input_volume)
+        files = {"relevance": "relevance.nii.gz", "report": "report.json"}
+        if figures:
+            overview_png(input_volume, result, out.path("overview.png"))
+            files["overview"] = "overview.png"
+        if extra is not None:
+            files.update(extra(out))
+        nifti.result()
+    report["files"] = files
+    if finalize is not None:
+        finalize(report)
+    out.write_text("report.json", json.dumps(report, indent=2) + "\n")
+    return {k: out.final / v for k, v in files.items()}
 
 
 # ------------------------------------------------------------------------------------- overview
