@@ -88,7 +88,7 @@ def check_shape(shape, path=None) -> tuple[int, int, int]:
 def check_dtype(dtype, path=None) -> np.dtype:
     """Refuse complex, RGB/structured and non-numeric data (a greyscale MRI is needed)."""
     dtype = np.dtype(dtype)
-    if dtype.fields is not None or dtype.kind == "V":
+    if dtype.fields is not None:
         raise InputError("holds RGB/colour or structured voxels; a greyscale MRI scan is needed", path)
     if dtype.kind == "c":
         raise InputError(f"holds complex data ({dtype.name}); give the magnitude image", path)
