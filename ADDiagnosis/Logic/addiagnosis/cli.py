@@ -196,7 +196,7 @@ def _problem(exc: BaseException) -> str:
         return exc.problem
     if isinstance(exc, MemoryError):
         return "out of memory"
-    text = " ".join(display_name(str(exc)).split())[:200]
+    text = display_name(" ".join(str(exc).split()))[:200]
     return f"unexpected error ({type(exc).__name__}{': ' + text if text else ''})"
 
 
