@@ -280,7 +280,7 @@ def test_batch_one_row_per_bad_scan_and_summary_always_written(tmp_path, capsys,
     raw.decode("utf-8")  # valid UTF-8 whatever the file names
     rows = list(csv.DictReader(io.StringIO(raw.decode("utf-8"), newline=""), delimiter="\t"))
     assert len(rows) == len(scans)
-    for (what, (path, needle)), row in zip(cases.items(), rows):
+    for (what, (_path, needle)), row in zip(cases.items(), rows):
         assert row["status"] == "error" and needle in row["error"] and row["output"] == "", what
     assert [r["status"] for r in rows[-3:]] == ["ok", "ok", "error"]
     assert rows[-2]["scan"].endswith("caf\\xe9\\nname.nii.gz") and rows[-2]["output"] == "caf_xe9_nname"
@@ -462,7 +462,7 @@ def test_concurrent_runs_into_one_out_both_succeed(tmp_path, tiny_package):
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env())
              for s in scans]
     results = [p.communicate(timeout=300) + (p.returncode,) for p in procs]
-    for stdout, stderr, rc in results:
+    for _stdout, stderr, rc in results:
         assert rc == 0 and stderr == "", stderr
     assert tree(out) == ["relevance.nii.gz", "report.json"]
     report = json.loads((out / "report.json").read_text())

@@ -172,8 +172,9 @@ def check_nifti_header(header, path=None) -> dict:
                 "one is right cannot be told; make them agree (e.g. fslorient -copysform2qform)",
                 path,
             )
-    offset = int(header.get_data_offset())
     hdr_size = int(header["sizeof_hdr"])
+    raw_offset = float(header.get_data_offset())
+    offset = int(raw_offset) if np.isfinite(raw_offset) else -1
     if offset < hdr_size or offset - hdr_size > MAX_EXTENSION_BYTES:
         raise InputError(f"invalid header: data offset {offset} (header is {hdr_size} bytes)", path)
     try:
