@@ -75,7 +75,7 @@ def quiet():
         logger.setLevel(level)
 
 
-_CHUNK = 16 << 20
+_CHUNK = 4 << 20
 _GEOMETRY_FIELDS = ("qform_code", "sform_code", "quatern_b", "quatern_c", "quatern_d", "qoffset_x", "qoffset_y",
                     "qoffset_z", "srow_x", "srow_y", "srow_z")
 
@@ -113,13 +113,18 @@ def read_nifti(path: str | os.PathLike, name: str | None = None) -> Volume:
             raise InputError(f"truncated or corrupt image data ({_short(exc)})", path) from None
         raw = np.frombuffer(buf, dtype=facts["dtype"], count=int(np.prod(facts["shape"]))).reshape(
             facts["shape"], order="F")
-        if facts["slope"] is None:
+        slope, inter = facts["slope"], facts["inter"]
+        if slope is None or (slope == 1.0 and inter == 0.0):
             data = raw.astype(np.float32, copy=False)  # no copy for native float32 data
-        else:  # the same values as nibabel's get_fdata() (float64), then float32
+        else:  # the same values as nibabel's get_fdata() (float64) then float32, a few slices at a time
             from nibabel.volumeutils import apply_read_scaling
 
-            data = np.asarray(apply_read_scaling(raw, np.float64(facts["slope"]), np.float64(facts["inter"])),
-                              dtype=np.float64).astype(np.float32)
+            data = np.empty(raw.shape, np.float32, order="F")
+            flat_in, flat_out = raw.reshape(-1, order="F"), data.reshape(-1, order="F")
+            step = _CHUNK // 8
+            for i in range(0, flat_in.size, step):
+                scaled = apply_read_scaling(flat_in[i : i + step], np.float64(slope), np.float64(inter))
+                flat_out[i : i + step] = np.asarray(scaled, dtype=np.float64)
         del raw, buf
         while data.ndim > 3 and data.shape[-1] == 1:
             data = data[..., 0]
