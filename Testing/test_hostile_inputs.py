@@ -486,3 +486,17 @@ def test_ctrl_c_during_start_up_is_one_line(tmp_path, tiny_package):
 
 def test_resource_limits_are_posix():  # the subprocess cases above rely on these
     assert hasattr(resource, "RLIMIT_FSIZE") and hasattr(signal, "SIGXFSZ")
+
+
+def test_atomic_file_replaces_whole_or_leaves_the_old_file(tmp_path):
+    from addiagnosis.outputs import atomic_file
+
+    target = tmp_path / "cache.npy"
+    with atomic_file(target) as tmp:
+        assert tmp.parent == tmp_path and tmp.name.endswith(".npy") and tmp.name.startswith(".")
+        np.save(tmp, np.arange(3))
+    assert tree(tmp_path) == ["cache.npy"] and np.load(target).tolist() == [0, 1, 2]
+    with pytest.raises(RuntimeError), atomic_file(target) as tmp:
+        np.save(tmp, np.arange(5))
+        raise RuntimeError("killed mid-way")
+    assert tree(tmp_path) == ["cache.npy"] and np.load(target).tolist() == [0, 1, 2]

@@ -257,6 +257,23 @@ def _alive(pid: int) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike):
+    """Yield a hidden temporary path beside ``path`` (same suffix, unique per process); on success it replaces
+    ``path`` atomically, on failure it is removed. For single files outside a result set (caches, checkpoints)."""
+    path = Path(path)
+    suffix = path.suffix  # kept last: np.save and friends append their own otherwise
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
 # --------------------------------------------------------------------------------------------- names
 def safe_name(text: str, default: str = "scan") -> str:
     """One portable path component from any text: control characters, separators and characters that are

@@ -41,6 +41,7 @@ from .dataset import CLASSES, Item, load_items, split_subjects
 from .errors import AddiagnosisError
 from .metrics import classification_report
 from .model import ClassificationModel3D
+from .outputs import atomic_file
 
 __all__ = ["CLASSES", "Item", "TrainConfig", "load_items", "preprocess_all", "split_subjects", "train"]
 
@@ -131,9 +132,8 @@ def _prep_one(job):
     vol = read_nifti(path)
     prep = prepare(vol, card)
     arr = prep.tensor[0, 0].numpy().astype(np.float16)
-    tmp = str(cache_file) + ".tmp.npy"
-    np.save(tmp, arr)
-    os.replace(tmp, cache_file)
+    with atomic_file(cache_file) as tmp:
+        np.save(tmp, arr)
     reg = prep.info.get("registration", {})
     return cache_file, reg.get("correlation")
 
@@ -283,10 +283,9 @@ def resume(ckpt: Path, model, opt, key: str, log=print) -> Progress:
 
 def save_checkpoint(ckpt: Path, model, opt, progress: Progress, key: str) -> None:
     ckpt.parent.mkdir(parents=True, exist_ok=True)
-    tmp = ckpt.parent / "last.pt.tmp"
-    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "best_model": progress.best,
-                "state": json.dumps(progress.state), "config": key}, str(tmp))
-    os.replace(tmp, ckpt)
+    with atomic_file(ckpt) as tmp:
+        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "best_model": progress.best,
+                    "state": json.dumps(progress.state), "config": key}, str(tmp))
 
 
 # ------------------------------------------------------------------------------------------ epochs
