@@ -500,3 +500,11 @@ def test_atomic_file_replaces_whole_or_leaves_the_old_file(tmp_path):
         np.save(tmp, np.arange(5))
         raise RuntimeError("killed mid-way")
     assert tree(tmp_path) == ["cache.npy"] and np.load(target).tolist() == [0, 1, 2]
+
+
+def test_checks_and_outputs_do_not_import_torch():
+    code = ("import sys, addiagnosis.checks, addiagnosis.outputs, addiagnosis.volume, addiagnosis.cli; "
+            "print('torch' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env(),
+                          timeout=60)
+    assert proc.stdout.strip() == "False", proc.stderr
