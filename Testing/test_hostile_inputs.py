@@ -508,3 +508,14 @@ def test_checks_and_outputs_do_not_import_torch():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env(),
                           timeout=60)
     assert proc.stdout.strip() == "False", proc.stderr
+
+
+def test_diagnose_a_scan_whose_name_is_not_utf8(tmp_path, capsys, tiny_package):
+    scan = write(Path(os.fsdecode(bytes(tmp_path) + b"/sub\xe9\nject.nii.gz")), nifti_bytes(*small_scan()))
+    out = tmp_path / "o"
+    code, stdout, err = run_cli(capsys, "diagnose", scan, "--model", tiny_package, "--out", out, "--no-figures")
+    assert code == 0 and err == "", err
+    assert stdout.splitlines()[0].startswith("sub\\xe9\\nject: predicted ")
+    stdout.encode("utf-8")
+    assert tree(out) == ["relevance.nii.gz", "report.json"]
+    assert json.loads((out / "report.json").read_bytes().decode("ascii"))["input"]["source"] == str(scan)

@@ -203,13 +203,14 @@ def _problem(exc: BaseException) -> str:
 def summary_text(report: dict, files: dict) -> str:
     probs = report["probabilities"]
     width = max(len(k) for k in probs)
-    lines = [f"{report['input']['name']}: predicted {report['predicted_class']} "
+    lines = [f"{display_name(report['input']['name'])}: predicted {report['predicted_class']} "
              f"(p={probs[report['predicted_class']]:.3f}) with model {report['model']['name']} "
              f"{report['model']['version']}"]
     for name, p in sorted(probs.items(), key=lambda kv: -kv[1]):
         lines.append(f"  {name:<{width}}  {p:6.3f}  {'#' * int(round(p * 30))}")
-    lines.append(f"relevance ({report['method']}) for {report['target_class']} -> {files['relevance']}")
-    lines.append(f"report -> {files['report']}" + (f", overview -> {files['overview']}" if "overview" in files else ""))
+    shown = {k: display_name(v) for k, v in files.items()}
+    lines.append(f"relevance ({report['method']}) for {report['target_class']} -> {shown['relevance']}")
+    lines.append(f"report -> {shown['report']}" + (f", overview -> {shown['overview']}" if "overview" in shown else ""))
     lines.append(f"total {report['timings_s'].get('total', 0):.2f} s")
     if report["model"].get("notice"):
         lines.append(report["model"]["notice"])
