@@ -3,13 +3,20 @@
 Steps, all recorded in ``Prepared.info`` (and so in ``report.json``):
 1. the scan's IJK->RAS is honoured (any storage orientation, anisotropic voxels): SimpleITK gets the
    geometry in its LPS convention;
-2. affine registration (SimpleITK: rigid, then 12-parameter affine; Mattes mutual information,
-   two-level pyramid) of the scan to the 2 mm MNI152 template with a synthetic head (:mod:`.template`);
+2. affine registration of the scan to the MNI152 template with a synthetic head (:mod:`.template`), built
+   not to depend on how the scan is stored (axis order and flips, oblique or anisotropic grid, how much empty
+   background the field of view holds): the scan is block-averaged along its own axes to ~3 mm voxels, its
+   background (below a threshold set by the head's own intensity level) zeroed and cropped away; the
+   transform starts at the head's centre of mass; Mattes mutual information is evaluated at every voxel of
+   the template's head mask (a grid the template fixes, never the scan); a similarity transform at 8 mm,
+   then a 12-parameter affine at 8 mm and 4 mm, each run until its step falls below ``MIN_STEP`` mm
+   (convergence, recorded per stage; a warning when a stage stops at its iteration cap instead);
 3. one trilinear resampling of the scan onto the model grid (RAS, MNI mm, shape/spacing from the card);
 4. brain mask from the template (skull and background set to 0 unless ``skull_strip`` is false),
    percentile normalisation inside the brain;
 5. registration quality: Pearson correlation between the aligned scan and the template inside the brain;
-   below ``min_correlation`` (default 0.45) a warning goes into ``info["warnings"]``.
+   below ``min_correlation`` (default 0.45) it is "poor" with a warning. Any aligned head reaches a similar
+   correlation, so it only catches gross failures: "good" also needs every stage to have converged.
 
 The reference input (for ``lrp-reference``) is the template itself taken through steps 3-4: the scan a
 perfectly aligned, healthy, MNI-average subject would give.
@@ -317,6 +324,10 @@ def template(volume: Volume, spec: dict, grid: dict) -> Prepared:
         corr = 0.0
     min_corr = float(spec.get("min_correlation", MIN_CORRELATION))
     warnings = []
+    if not reg["converged"]:
+        warnings.append("template registration did not converge (" + "; ".join(
+            f"{st['transform']} at {st['level_mm']:g} mm: {st['iterations']} iterations"
+            for st in reg["stages"] if not st["converged"]) + "): check the result; it may be misaligned")
     if corr < min_corr:
         warnings.append(f"template registration looks poor (correlation {corr:.2f} < {min_corr:.2f}): "
                         "check that the scan is a whole-head T1; the result may be meaningless")
@@ -328,8 +339,9 @@ def template(volume: Volume, spec: dict, grid: dict) -> Prepared:
     to_input = resample_back(grid_to_input, in_shape)
     input_mask = resample(brain.astype(np.float32), input_to_grid, in_shape) > 0.5
     reg.update({"similarity": "pearson correlation with the template inside the brain",
-                "correlation": corr, "quality": "good" if corr >= min_corr else "poor",
-                "min_correlation": min_corr})
+                "correlation": corr, "min_correlation": min_corr,
+                # "good" needs convergence as well: every aligned head reaches a similar correlation
+                "quality": "poor" if corr < min_corr else ("good" if reg["converged"] else "not converged")})
     info = {"kind": "template", "template": "MNI ICBM152 2009a nonlinear symmetric (nilearn), 2 mm, "
                                             "synthetic head",
             "registration": reg, "mni_to_input_ras": mni_to_input.tolist(),
