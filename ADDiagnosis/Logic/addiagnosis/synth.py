@@ -15,6 +15,13 @@ How a subject is made (on the 2 mm template grid, then posed):
 4. contrast (gamma), random rigid pose (+-15 deg, +-15 mm), field of view, voxel size (1.4-2.4 mm,
    anisotropic), storage orientation (axis order and flips), bias field, Rician noise.
 
+A second, independent atrophy model (``--atrophy erode``, :func:`erode_atrophy`) changes shapes instead:
+hippocampus and amygdala lose an outer shell of ``2.2 s`` mm (replaced by CSF, the core intact; volume loss
+about 33 / 56 / 78 % at MCI / LMCI / AD), the lateral ventricles and the temporal horns grow by dilation
+(``3 s`` mm plus the same ageing term); its mask marks voxels that lost more than 30 % of their tissue to
+disease. ``--atrophy mixed`` gives each subject one of the two; ``--variety wide`` widens the anatomical and
+acquisition variety (:data:`WIDE_VARIETY`).
+
 Every subject uses its own random stream ``(seed, index)``: a cohort is identical for a seed whatever the
 number of worker processes.
 """
@@ -51,6 +58,23 @@ DEFAULTS = {
     "noise_range": [0.015, 0.04],
     "bias_range": 0.2,
     "mask_threshold": 0.1,
+    "gamma_range": [0.85, 1.15],
+    "atrophy": "default",
+    # second atrophy model (``atrophy: erode``): shapes shrink instead of fading
+    "erode_mm_per_severity": 2.2,
+    "erode_ventricle_mm_per_severity": 3.0,
+    "erode_mask_threshold": 0.3,
+}
+ATROPHY_MODELS = ("default", "erode", "mixed")
+# ``--variety wide``: more anatomical and acquisition variety than the bundled model was trained on
+WIDE_VARIETY = {
+    "deform_mm": 4.0,
+    "head_scale_sd": 0.07,
+    "spacing_range": [1.0, 2.0],
+    "slice_spacing_range": [1.0, 4.0],
+    "noise_range": [0.015, 0.08],
+    "bias_range": 0.35,
+    "gamma_range": [0.7, 1.4],
 }
 
 
@@ -112,14 +136,19 @@ def subject_params(seed: int, index: int, label: str, options: dict | None = Non
     age_mm = float(rng.uniform(0.0, opt["age_mm_max"]))
     sp = [float(rng.uniform(*opt["spacing_range"])) for _ in range(2)]
     sp.append(float(rng.uniform(*opt["slice_spacing_range"])))
-    return {
+    model = opt["atrophy"]
+    if model not in ATROPHY_MODELS:
+        raise AddiagnosisError(f"unknown atrophy model {model!r}; choose from {', '.join(ATROPHY_MODELS)}")
+    if model == "mixed":  # each subject its own model, from its own stream (independent of the class)
+        model = "erode" if np.random.default_rng([int(seed), int(index), 3]).random() < 0.5 else "default"
+    params = {
         "class": label,
         "severity": sev,
         "mtl_loss": float(np.clip(opt["mtl_loss_per_severity"] * sev, 0.0, 0.95)),
         "ventricle_mm": float(opt["ventricle_base_mm"] + opt["ventricle_mm_per_severity"] * sev + age_mm),
         "age_mm": age_mm,
         "head_scale": float(1.0 + rng.normal(0.0, opt["head_scale_sd"])),
-        "gamma": float(rng.uniform(0.85, 1.15)),
+        "gamma": float(rng.uniform(*opt["gamma_range"])),
         "rotation_deg": [float(a) for a in rng.uniform(-opt["max_rotation_deg"], opt["max_rotation_deg"], 3)],
         "translation_mm": [float(t) for t in rng.uniform(-opt["max_translation_mm"], opt["max_translation_mm"], 3)],
         "spacing": sp,
@@ -131,6 +160,92 @@ def subject_params(seed: int, index: int, label: str, options: dict | None = Non
         "mask_threshold": float(opt["mask_threshold"]),
         "seed": [int(seed), int(index)],
     }
+    if model == "erode":
+        params.update({
+            "atrophy": "erode",
+            # hippocampus and amygdala lose an outer shell this thick (mm), replaced by CSF
+            "erode_mm": float(np.clip(opt["erode_mm_per_severity"] * sev, 0.0, 5.0)),
+            # lateral ventricles and temporal horns grow by dilation (disease part + the same ageing term)
+            "ventricle_mm": float(opt["erode_ventricle_mm_per_severity"] * sev + age_mm),
+            "mtl_loss": 0.0,
+            "mask_threshold": float(opt["erode_mask_threshold"]),
+        })
+    return params
+
+
+def _default_atrophy(params: dict):
+    """Medial temporal lobe fades (a fraction of its tissue becomes CSF), ventricles widen by distance."""
+    A = atlas()
+    tissue = np.clip(A.gm + A.wm, 0.0, 1.0)
+    dist_v = _ventricle_distance()  # mm from the ventricles
+    band = np.clip((params["ventricle_mm"] - dist_v) / 2.0 + 0.5, 0.0, 1.0) * (~A.ventricles)
+    band *= tissue
+    loss_mtl = params["mtl_loss"] * A.mtl_weight
+    loss = np.maximum(band, loss_mtl).astype(np.float32)
+    brain = A.head * (1.0 - loss) + CSF_LEVEL * loss * A.brain
+    # the age part of ventricle widening is "normal ageing", not disease: the mask marks disease atrophy only
+    disease_band = np.clip((params["ventricle_mm"] - params["age_mm"] - dist_v) / 2.0 + 0.5, 0.0, 1.0)
+    disease_band *= tissue * (~A.ventricles)
+    disease = np.maximum(np.clip(disease_band - np.clip((1.0 - dist_v) / 2.0 + 0.5, 0, 1), 0, 1), loss_mtl)
+    disease = np.where(params["severity"] > 0.0, disease, 0.0).astype(np.float32)
+    return brain, disease
+
+
+@functools.lru_cache(maxsize=1)
+def erode_structures():
+    """Structures of the second atrophy model, on the template grid (bool): hippocampus, amygdala, the
+    temporal horns (thin CSF tubes beside the hippocampus, present in every subject) and the lateral
+    ventricles; plus the depth (mm) of every voxel inside hippocampus+amygdala, and the distance (mm) of
+    every voxel from the ventricles+horns. Geometry of its own (not the default model's MTL weight map)."""
+    from scipy import ndimage
+
+    from .template import _capsule
+
+    A = atlas()
+    mni = A.mni_coords()
+    tissue = (A.gm + A.wm) > 0.5
+    hippo = np.zeros(A.shape, bool)
+    amyg = np.zeros(A.shape, bool)
+    horns = np.zeros(A.shape, bool)
+    for sx in (-1.0, 1.0):
+        hippo |= _capsule(mni, (sx * 29, -10, -20), (sx * 24, -38, -4), 5.0)
+        amyg |= _capsule(mni, (sx * 22, -3, -19), (sx * 22, -5, -19), 6.0)
+        horns |= _capsule(mni, (sx * 34, -8, -16), (sx * 30, -36, -2), 1.6)
+    hippo &= tissue
+    amyg &= tissue & ~hippo
+    mtl = hippo | amyg
+    depth = (ndimage.distance_transform_edt(mtl) * 2.0).astype(np.float32)  # 2: a boundary voxel
+    fluid = A.ventricles | horns
+    dist = (ndimage.distance_transform_edt(~fluid) * 2.0).astype(np.float32)
+    return {"hippocampus": hippo, "amygdala": amyg, "horns": horns & ~mtl, "mtl": mtl, "mtl_depth": depth,
+            "fluid": fluid, "fluid_distance": dist}
+
+
+def erode_atrophy(params: dict):
+    """Second atrophy model: hippocampus and amygdala eroded from all sides (an outer shell of
+    ``erode_mm`` becomes CSF; the core is untouched), lateral ventricles and temporal horns grown by dilation
+    (``ventricle_mm``, of which ``age_mm`` is normal ageing). Returns (scan on the template grid, disease
+    change fraction): its mask rule (``erode_mask_threshold``) marks voxels that lost more than 30 % of
+    their tissue to disease."""
+    A = atlas()
+    S = erode_structures()
+    tissue = np.clip(A.gm + A.wm, 0.0, 1.0)
+
+    # a voxel 2 mm wide whose distance transform is d mm spans depths d-2 .. d from the boundary: the
+    # fraction of it that a shell (or a dilation) of ``mm`` covers is clip((mm - (d - 2)) / 2, 0, 1)
+    def shell(mm):
+        return np.clip((mm - (S["mtl_depth"] - 2.0)) / 2.0, 0.0, 1.0) * S["mtl"]
+
+    def grown(mm):
+        return np.clip((mm - (S["fluid_distance"] - 2.0)) / 2.0, 0.0, 1.0) * (~S["fluid"])
+
+    loss = np.maximum(shell(params["erode_mm"]), grown(params["ventricle_mm"]) * tissue)
+    loss = np.maximum(loss, S["horns"] * tissue).astype(np.float32)  # the horns are CSF in everyone
+    brain = A.head * (1.0 - loss) + CSF_LEVEL * loss * A.brain
+    disease = np.maximum(shell(params["erode_mm"]),
+                         np.clip(grown(params["ventricle_mm"]) - grown(params["age_mm"]), 0.0, 1.0) * tissue)
+    disease = np.where(params["severity"] > 0.0, disease, 0.0).astype(np.float32)
+    return brain.astype(np.float32), disease
 
 
 def make_subject(params: dict):
@@ -142,20 +257,11 @@ def make_subject(params: dict):
     A = atlas()
     rng = np.random.default_rng([*params["seed"], 2])
     shape = A.shape
-    # --- atrophy as tissue loss on the template grid
-    tissue = np.clip(A.gm + A.wm, 0.0, 1.0)
-    dist_v = _ventricle_distance()  # mm from the ventricles
-    band = np.clip((params["ventricle_mm"] - dist_v) / 2.0 + 0.5, 0.0, 1.0) * (~A.ventricles)
-    band *= tissue
-    loss_mtl = params["mtl_loss"] * A.mtl_weight
-    loss = np.maximum(band, loss_mtl).astype(np.float32)
-    brain = A.head.copy()
-    brain = brain * (1.0 - loss) + CSF_LEVEL * loss * A.brain
-    # the age part of ventricle widening is "normal ageing", not disease: the mask marks disease atrophy only
-    disease_band = np.clip((params["ventricle_mm"] - params["age_mm"] - dist_v) / 2.0 + 0.5, 0.0, 1.0)
-    disease_band *= tissue * (~A.ventricles)
-    disease = np.maximum(np.clip(disease_band - np.clip((1.0 - dist_v) / 2.0 + 0.5, 0, 1), 0, 1), loss_mtl)
-    disease = np.where(params["severity"] > 0.0, disease, 0.0).astype(np.float32)
+    # --- atrophy on the template grid: the scan with tissue replaced by CSF, and where disease changed it
+    if params.get("atrophy", "default") == "erode":
+        brain, disease = erode_atrophy(params)
+    else:
+        brain, disease = _default_atrophy(params)
     # --- anatomical variability: smooth deformation + head size, about the brain centre
     centre = np.array([(s - 1) / 2.0 for s in shape])
     if params["deform_mm"] > 0:
@@ -274,7 +380,7 @@ def generate(n: int, out: str | os.PathLike, seed: int = 0, workers: int | None 
         if workers > 1 and n > 1:
             pool.shutdown()
     cols = ["participant_id", "class", "severity", "mtl_loss", "ventricle_mm", "age_mm", "head_scale",
-            "scan", "mask"]
+            "scan", "mask", "atrophy"]
     with open(out / "participants.tsv", "w", newline="") as fh:
         w = csv.writer(fh, delimiter="\t", lineterminator="\n")
         w.writerow(cols)
@@ -282,7 +388,7 @@ def generate(n: int, out: str | os.PathLike, seed: int = 0, workers: int | None 
             sid = m["participant_id"]
             w.writerow([sid, m["class"], f"{m['severity']:.4f}", f"{m['mtl_loss']:.4f}",
                         f"{m['ventricle_mm']:.3f}", f"{m['age_mm']:.3f}", f"{m['head_scale']:.4f}",
-                        f"scans/{sid}.nii.gz", f"masks/{sid}_atrophy.nii.gz"])
+                        f"scans/{sid}.nii.gz", f"masks/{sid}_atrophy.nii.gz", m.get("atrophy", "default")])
     desc = {"generator": "addiagnosis.synth", "n": n, "seed": seed, "classes": CLASSES, "stage": STAGE,
             "options": {**DEFAULTS, **(options or {})}, "seconds": round(time.time() - t0, 1),
             "notice": "Synthetic data. " + MNI_NOTICE}
@@ -300,12 +406,25 @@ def register_cli(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=None, help="processes (default: up to 2)")
     p.add_argument("--prefix", default="sub", help="subject id prefix")
+    p.add_argument("--atrophy", choices=ATROPHY_MODELS, default="default",
+                   help="atrophy model: default (medial temporal lobe fades, ventricles widen), erode "
+                        "(hippocampus and amygdala eroded from all sides, ventricles and temporal horns dilated; "
+                        "its own mask rule) or mixed (each subject one of the two)")
+    p.add_argument("--variety", choices=["default", "wide"], default="default",
+                   help="wide: stronger deformation, head size, contrast and bias, lower SNR, 1 mm to thick slices")
     p.set_defaults(func=run)
+
+
+def cli_options(args) -> dict:
+    opts = {"atrophy": getattr(args, "atrophy", "default")}
+    if getattr(args, "variety", "default") == "wide":
+        opts.update(WIDE_VARIETY)
+    return opts
 
 
 def run(args) -> int:
     t0 = time.time()
-    metas = generate(args.n, args.out, args.seed, args.workers, prefix=args.prefix)
+    metas = generate(args.n, args.out, args.seed, args.workers, options=cli_options(args), prefix=args.prefix)
     print(f"synth: wrote {len(metas)} subjects to {args.out} in {time.time() - t0:.0f} s "
           f"(participants.tsv, scans/, masks/, meta/)")
     return 0
