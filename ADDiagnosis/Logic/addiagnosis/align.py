@@ -6,7 +6,8 @@ Steps, all recorded in ``Prepared.info`` (and so in ``report.json``):
 2. affine registration of the scan to the MNI152 template with a synthetic head (:mod:`.template`), built
    not to depend on how the scan is stored (axis order and flips, oblique or anisotropic grid, how much empty
    background the field of view holds): the scan is block-averaged along its own axes to ~3 mm voxels, its
-   background (below a threshold set by the head's own intensity level) zeroed and cropped away; the
+   background (below a threshold set by the head's own intensity level) zeroed, and it is resampled onto a
+   3 mm lattice fixed in physical space around the head (so padding, cropping or flipping move nothing); the
    transform starts at the head's centre of mass; Mattes mutual information is evaluated at every voxel of
    the template's head mask (a grid the template fixes, never the scan); a similarity transform at 8 mm,
    then a 12-parameter affine at 8 mm and 4 mm, each run until its step falls below ``MIN_STEP`` mm
@@ -46,7 +47,7 @@ MIN_CORRELATION = 0.45  # well-aligned synthetic scans: 0.50-0.95 (median 0.85);
 REDUCE_MM = 3.0  # the scan is block-averaged along its own axes to voxels of about this size first
 FIXED_SPACING = 4.0  # the template as registered: 4 mm (levels at 8 mm and 4 mm)
 HEAD_FRACTION = 0.15  # head = voxels brighter than this fraction of the tissue level (not of the background)
-MARGIN = 8  # voxels of background added around the cropped head
+MARGIN = 6  # lattice points of background around the head
 MAX_ITERATIONS = 300  # a safety cap only: each stage runs until its step falls below MIN_STEP
 MIN_STEP = 0.01  # mm of physical shift (of the worst-moved point): the convergence criterion
 STAGES = (  # (transform, shrink factor of the 4 mm template, smoothing sigma in mm, first step in mm)
@@ -90,10 +91,12 @@ def block_reduce(volume: Volume, size_mm: float = REDUCE_MM) -> tuple[np.ndarray
     f = np.maximum(np.round(size_mm / sp), 1).astype(int)
     if np.all(f == 1):
         return np.asarray(data, dtype=np.float32), volume.ijk_to_ras.copy()
-    n = np.asarray(data.shape) // f
-    src = torch.from_numpy(np.ascontiguousarray(data[: n[0] * f[0], : n[1] * f[1], : n[2] * f[2]]))
+    src = torch.from_numpy(np.ascontiguousarray(data))
     if src.dtype != torch.float32:
         src = src.float()
+    extra = (-np.asarray(data.shape)) % f  # the last partial block: completed with background (zeros)
+    if extra.any():
+        src = torch.nn.functional.pad(src, (0, int(extra[2]), 0, int(extra[1]), 0, int(extra[0])))
     out = torch.nn.functional.avg_pool3d(src[None, None], tuple(int(v) for v in f))[0, 0].numpy()
     step = np.eye(4)
     step[:3, :3] = np.diag(f)
@@ -105,35 +108,55 @@ def tissue_level(data: np.ndarray) -> tuple[float, float]:
     """(tissue level, head threshold): the median of the voxels brighter than half of it (a fixed point
     started from a two-class isodata split), and a fraction of it.
 
-    Both depend on the head's voxels only, not on how much empty background the field of view holds.
+    Computed on the histogram of every voxel, so both depend on the head's voxels only, not on how much
+    empty background the field of view holds (that only fills the lowest bins).
     """
-    sample = np.asarray(data, dtype=np.float32).ravel()[:: max(1, data.size // 400_000)]
-    t = float(sample.mean())
-    for _ in range(20):
-        lo, hi = sample[sample <= t], sample[sample > t]
-        if not len(lo) or not len(hi):
+    a = np.asarray(data, dtype=np.float32)
+    lo, hi = float(a.min()), float(a.max())
+    if not hi > lo:
+        return 0.0, 0.0
+    counts, edges = np.histogram(a, bins=4096, range=(lo, hi))
+    centres = 0.5 * (edges[:-1] + edges[1:])
+    counts = counts.astype(np.float64)
+    cum = np.cumsum(counts)
+
+    def mean(sel):
+        n = counts[sel].sum()
+        return float((counts[sel] * centres[sel]).sum() / n) if n else None
+
+    def median_above(t):
+        first = int(np.searchsorted(centres, t, side="right"))
+        if first >= len(centres):
+            return None
+        before = cum[first - 1] if first else 0.0
+        half = before + (cum[-1] - before) / 2.0
+        return float(centres[min(int(np.searchsorted(cum, half)), len(centres) - 1)])
+
+    t = mean(slice(None))
+    for _ in range(50):
+        below, above = mean(centres <= t), mean(centres > t)
+        if below is None or above is None:
             break
-        t_new = 0.5 * (float(lo.mean()) + float(hi.mean()))
-        if abs(t_new - t) <= 1e-4 * max(abs(t), 1e-12):
-            t = t_new
+        t_new = 0.5 * (below + above)
+        if abs(t_new - t) <= (hi - lo) / 8192:
             break
         t = t_new
-    fg = sample[sample > t]
-    level = float(np.median(fg)) if len(fg) else float(sample.max())
-    for _ in range(10):  # fixed point: the median of the voxels brighter than half of it (head voxels only)
-        fg = sample[sample > 0.5 * level]
-        if not len(fg):
-            break
-        new = float(np.median(fg))
-        if new == level:
+    level = median_above(t) or hi
+    for _ in range(20):  # fixed point: the median of the voxels brighter than half of it (head voxels only)
+        new = median_above(0.5 * level)
+        if new is None or new == level:
             break
         level = new
     return level, HEAD_FRACTION * level
 
 
 def _moving(volume: Volume):
-    """The scan as registered: block-reduced, background (below the head threshold) set to 0, cropped to
-    the head, intensities scaled so that the tissue level is 1. Plus the head's centre (RAS mm)."""
+    """The scan as registered: block-reduced, background (below the head threshold) set to 0, intensities
+    scaled so that the tissue level is 1, resampled onto a lattice fixed in physical space (RAS axes,
+    ``REDUCE_MM`` apart, anchored at the scanner origin) that covers the head plus a margin; and the head's
+    centre of mass (RAS mm). Reversed axes, padding, cropping of background or another voxel grid change
+    neither the lattice nor the image on it beyond interpolation; outside the scan's field of view is
+    background."""
     data, aff = block_reduce(volume)
     level, thr = tissue_level(data)
     if not level > 0:
@@ -142,21 +165,25 @@ def _moving(volume: Volume):
     idx = np.argwhere(head)
     if len(idx) < 27:
         raise InputError("the scan has no head: nothing brighter than its background to register")
-    lo = np.maximum(idx.min(0) - 2, 0)
-    hi = np.minimum(idx.max(0) + 3, data.shape)
-    crop = np.where(head, data, 0.0)[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
-    # a margin of background all round: beyond the scan's field of view counts as background too, so a
-    # field of view that ends at the head gives the same similarity as one with empty space around it
-    crop = np.pad(np.minimum(crop / level, 3.0).astype(np.float32), MARGIN)
-    shift = np.eye(4)
-    shift[:3, 3] = lo - MARGIN
-    aff = aff @ shift
-    w = crop.ravel()
-    ijk = np.indices(crop.shape, dtype=np.float64).reshape(3, -1)
+    data = np.where(head, np.minimum(data / level, 3.0), 0.0).astype(np.float32)
+    lo_i, hi_i = idx.min(0), idx.max(0)
+    corners = np.array([[a, b, c, 1.0] for a in (lo_i[0], hi_i[0]) for b in (lo_i[1], hi_i[1])
+                        for c in (lo_i[2], hi_i[2])])
+    ras = (aff @ corners.T)[:3]
+    step = REDUCE_MM
+    lo = (np.floor(ras.min(1) / step) - MARGIN) * step
+    hi = (np.ceil(ras.max(1) / step) + MARGIN) * step
+    shape = np.round((hi - lo) / step).astype(int) + 1
+    lattice = np.eye(4)
+    lattice[:3, :3] = np.diag([step] * 3)
+    lattice[:3, 3] = lo
+    out = resample(data, np.linalg.inv(aff) @ lattice, shape)
+    w = out.ravel()
     sel = w > 0
-    centre_ijk = (ijk[:, sel] * w[sel]).sum(1) / w[sel].sum()  # intensity moments of the head
-    centre = (aff @ np.append(centre_ijk, 1.0))[:3]
-    return crop, aff, centre
+    ijk = np.indices(out.shape, dtype=np.float64).reshape(3, -1)[:, sel]
+    centre_ijk = (ijk * w[sel]).sum(1) / w[sel].sum()  # intensity moments of the head
+    centre = (lattice @ np.append(centre_ijk, 1.0))[:3]
+    return out, lattice, centre
 
 
 @functools.lru_cache(maxsize=1)
@@ -244,8 +271,8 @@ def register_to_template(volume: Volume, max_iterations: int = MAX_ITERATIONS,
     mni_to_input = FLIP @ m_lps @ FLIP
     converged = all(s["converged"] for s in stages)
     details = {"method": "SimpleITK similarity (8 mm) + affine (8 mm, 4 mm), Mattes MI (32 bins) at every voxel "
-                         "of the template head mask; scan block-averaged to ~3 mm, background zeroed, cropped; "
-                         "start at the head's centre of mass",
+                         "of the template head mask; scan block-averaged to ~3 mm, background zeroed, "
+                         "resampled onto a 3 mm RAS lattice around the head; start at the head's centre of mass",
                "converged": converged, "min_step_mm": float(min_step), "max_iterations": int(max_iterations),
                "iterations": int(sum(s["iterations"] for s in stages)), "stages": stages,
                "metric": stages[-1]["metric"], "stop": stages[-1]["stop"],

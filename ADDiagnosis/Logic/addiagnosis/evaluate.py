@@ -81,7 +81,8 @@ def random_model_like(model, seed: int = 12345):
 
 
 def evaluate(package, data, out=None, method: str | None = "auto", target: str = "true",
-             limit: int | None = None, randomisation_n: int = 10, threads: int = 2, log=print) -> dict:
+             limit: int | None = None, randomisation_n: int = 10, threads: int = 2, log=print,
+             stability_n: int = 0) -> dict:
     """Score ``package`` on every scan of ``data``; write the report to ``out`` if given; returns the metrics."""
     from .engine import Diagnoser
     from .package import ModelPackage, find_package
@@ -127,6 +128,11 @@ def evaluate(package, data, out=None, method: str | None = "auto", target: str =
               "explanation": explanation_summary(rows, classes, method, target, rand),
               "registration": {"median_correlation": _median(corr), "min_correlation": min(corr, default=None)},
               "seconds": round(time.time() - t0, 1)}
+    if stability_n > 0:  # twins, noise and input randomisation (addiagnosis.stability) on the first N scans
+        from .stability import evaluate_stability
+
+        result["explanation"]["stability"] = evaluate_stability(diagnoser, items, [method], target, stability_n,
+                                                                log=log)
     if out is not None:
         write_report(result, rows, Path(out), classes, example)
         log(f"evaluate: wrote {out}/metrics.json, subjects.tsv, confusion.png, report.html")
@@ -323,6 +329,9 @@ def register_cli(subparsers) -> None:
     p.add_argument("--limit", type=int, default=None, help="only the first N scans")
     p.add_argument("--randomisation-n", type=int, default=10, help="scans used for the randomisation check")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--stability", type=int, default=0, metavar="N",
+                   help="also measure map stability (stored flipped/padded/resampled, 1 %% and 2 %% input noise) "
+                        "and input randomisation on the first N scans")
     p.add_argument("--record-in-card", action="store_true",
                    help="store the summary in the package's card.json under 'evaluation'")
     p.set_defaults(func=run)
@@ -359,7 +368,7 @@ def run(args) -> int:
     pkg = find_package(args.package)
     out = args.out or f"evaluation-{pkg.name}"
     result = evaluate(pkg, args.data, out, args.method, args.target, args.limit, args.randomisation_n,
-                      args.threads, log=lambda m: print(m, flush=True))
+                      args.threads, log=lambda m: print(m, flush=True), stability_n=args.stability)
     s = summary(result)
     print(json.dumps(s, indent=1))
     if args.record_in_card:

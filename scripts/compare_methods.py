@@ -1,0 +1,133 @@
+"""Every explanation method of a model on one cohort, on all criteria together (issue 11, part 3).
+
+    PYTHONPATH=ADDiagnosis/Logic python scripts/compare_methods.py COHORT [--package NAME] [--n N] [--out FILE]
+
+COHORT is ``addiagnosis synth`` output (scans with ground-truth masks). Per method: relevance mass accuracy
+for the true class (exact and within 2 mm of the mask, input grid, subjects with a mask), share of positive
+relevance inside the brain, stability (flip / pad / resample twins and 1 % / 2 % input noise: median and
+5th percentile of Pearson r in physical space, :mod:`addiagnosis.stability`), input randomisation and
+model-parameter randomisation (|r| on the model grid inside the brain), and seconds per map. ``--extra`` adds
+``lrp-reference`` variants with a larger stabiliser (``lrp-reference@eps``). Writes JSON and a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "ADDiagnosis" / "Logic"))
+
+METHODS = ["lrp-reference", "lrp-alpha1beta0", "lrp-epsilon", "lrp-composite", "gradient-x-input",
+           "guided-backprop"]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("cohort")
+    ap.add_argument("--package", default=None)
+    ap.add_argument("--n", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--extra", type=float, nargs="*", default=[],
+                    help="stabiliser values for extra lrp-reference variants")
+    ap.add_argument("--out", default="compare-methods.json")
+    args = ap.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from addiagnosis import stability
+    from addiagnosis.dataset import load_items
+    from addiagnosis.engine import Diagnoser
+    from addiagnosis.evaluate import _within_mm, random_model_like, read_mask
+    from addiagnosis.lrp import FastLRP
+    from addiagnosis.metrics import pearson, relevance_mass_accuracy, share_inside
+    from addiagnosis.volume import read_nifti
+
+    d = Diagnoser(args.package)
+    for m in METHODS:
+        d.resolve_method(m)
+    variants = {}
+    for eps in args.extra:
+        e = FastLRP(d.model)
+        e.stabilizer = float(eps)
+        e.set_reference(d.engine.reference_input)
+        variants[f"lrp-reference@{eps:g}"] = e
+    rnd = FastLRP(random_model_like(d.model))
+    rnd.set_reference(d.engine.reference_input)
+    items = load_items(args.cohort)[: args.n]
+    rows, per_subject, timings = [], [], {}
+    t0 = time.time()
+    for k, it in enumerate(items, 1):
+        vol = read_nifti(it.path)
+        keep = {}
+        res = stability.subject_stability(d, vol, METHODS, it.label, seed=k, timings=timings, keep=keep)
+        prep, tgt = keep["prepared"], keep["target"]
+        maps = dict(keep["maps"])
+        grid_maps = dict(keep["grid_maps"])
+        if variants:  # lrp-reference with another stabiliser: same scan, its own engine
+            for name, e in variants.items():
+                sub = type(d).__new__(type(d))
+                sub.__dict__.update(d.__dict__)
+                sub.engine = e
+                kv = {}
+                res.update({name: stability.subject_stability(sub, vol, ["lrp-reference"], it.label, seed=k,
+                                                              timings=timings, keep=kv)["lrp-reference"]})
+                maps[name], grid_maps[name] = kv["maps"]["lrp-reference"], kv["grid_maps"]["lrp-reference"]
+        region = prep.tensor[0, 0].numpy() != 0
+        rc = rnd.forward(prep.tensor)
+        row = {"subject": it.subject, "class": it.label, "p": [round(float(v), 4) for v in keep["probabilities"]]}
+        mask = None
+        if it.mask is not None and Path(it.mask).exists():
+            mk, _ = read_mask(it.mask)
+            mask = mk if mk.any() else None
+        near = _within_mm(mask, vol.spacing, 2.0) if mask is not None else None
+        for name, rel in maps.items():
+            r = {"brain_share": share_inside(rel, prep.input_mask)}
+            if mask is not None:
+                r["mass"] = relevance_mass_accuracy(rel, mask)
+                r["mass_2mm"] = relevance_mass_accuracy(rel, near)
+            eng_method = "lrp-reference" if name.startswith("lrp-reference") else name
+            rr = rnd.relevance(rc, tgt, eng_method).float().numpy()
+            r["model_randomisation_r"] = pearson(grid_maps[name][region], rr[region])
+            row[name] = r
+        rows.append(row)
+        per_subject.append(res)
+        print(f"{k}/{len(items)} {it.subject} {it.label} {time.time() - t0:.0f} s", flush=True)
+    summary = stability.summarise(per_subject)
+    table = {}
+    for name in summary:
+        vals = [r[name] for r in rows]
+        ad = [v for r, v in zip(rows, vals) if r["class"] == "AD" and "mass" in v]
+        anym = [v for v in vals if "mass" in v]
+        st = summary[name]
+        table[name] = {
+            "mass_AD": float(np.median([v["mass"] for v in ad])) if ad else None,
+            "mass_2mm_AD": float(np.median([v["mass_2mm"] for v in ad])) if ad else None,
+            "mass_all_masked": float(np.median([v["mass"] for v in anym])) if anym else None,
+            "brain_share": float(np.median([v["brain_share"] for v in vals])),
+            "model_randomisation_abs_r": float(np.median([abs(v["model_randomisation_r"]) for v in vals])),
+            "input_randomisation_abs": st["input_randomisation"]["median_abs"],
+            "seconds_per_map": float(np.median(timings.get(name if name in timings else "lrp-reference", [np.nan]))),
+            **{f"{k}_median": st[k]["median"] for k in st}, **{f"{k}_p5": st[k]["p5"] for k in st},
+        }
+    out = {"cohort": str(args.cohort), "n": len(rows), "package": d.package.name, "table": table, "rows": rows,
+           "stability": summary, "seconds": round(time.time() - t0, 1)}
+    Path(args.out).write_text(json.dumps(out, indent=1))
+    cols = ["mass_AD", "mass_2mm_AD", "brain_share", "model_randomisation_abs_r", "input_randomisation_abs",
+            "flip_median", "pad_median", "resample_median", "resample_p5", "noise_1pct_median", "noise_1pct_p5",
+            "noise_2pct_median", "noise_2pct_p5", "seconds_per_map"]
+    lines = ["| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for name, t in table.items():
+        lines.append(f"| {name} | " + " | ".join("n/a" if t.get(c) is None else f"{t[c]:.2f}" for c in cols) + " |")
+    Path(args.out).with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
