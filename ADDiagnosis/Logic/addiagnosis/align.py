@@ -225,9 +225,10 @@ def register_to_template(volume: Volume, max_iterations: int = MAX_ITERATIONS,
     """Affine registration; returns ``mni_to_input_ras`` (4x4, MNI RAS mm -> scan RAS mm) and details.
 
     Independent of how the scan is stored: the scan is block-averaged, its background (below a threshold
-    set by the head's own intensities) zeroed and cropped away; the transform starts from the head's centre
-    of mass; the similarity (Mattes mutual information) is evaluated at every voxel of the template's head
-    mask (a grid fixed by the template, never by the scan); each stage (similarity 8 mm, affine 8 mm,
+    set by the head's own intensities) zeroed, and it is resampled onto a lattice fixed in physical space
+    around the head (:func:`_moving`); the transform starts from the head's centre of mass; the similarity
+    (Mattes mutual information) is evaluated at every voxel of the template's head mask (a grid fixed by
+    the template, never by the scan); each stage (similarity 8 mm, affine 8 mm,
     affine 4 mm) runs until its step is below ``min_step`` mm (converged) or ``max_iterations`` (not).
     """
     sitk = _sitk()
@@ -262,11 +263,13 @@ def register_to_template(volume: Volume, max_iterations: int = MAX_ITERATIONS,
         r.SetSmoothingSigmasPerLevel([sigma])
         r.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
         r.SetInitialTransform(tx, inPlace=True)
+        ts = time.perf_counter()
         r.Execute(fixed, moving)
         stop = r.GetOptimizerStopConditionDescription()
         stages.append({"transform": kind, "level_mm": FIXED_SPACING * shrink, "smoothing_mm": sigma,
                        "iterations": int(r.GetOptimizerIteration()), "metric": float(r.GetMetricValue()),
-                       "converged": _converged(stop), "stop": stop[:160]})
+                       "converged": _converged(stop), "stop": stop[:160],
+                       "seconds": round(time.perf_counter() - ts, 3)})
     m_lps = transform_matrix(tx)
     mni_to_input = FLIP @ m_lps @ FLIP
     converged = all(s["converged"] for s in stages)
