@@ -185,7 +185,10 @@ class Session:
                 self._load_file(path, display_name(name), "upload")
             except AddiagnosisError as exc:
                 path.unlink(missing_ok=True)
-                self._error(f"{display_name(name)}: {getattr(exc, 'problem', None) or exc}")
+                problem = str(getattr(exc, "problem", None) or exc)
+                # the reader may quote the stored file: show the user's name, never the server's path
+                problem = problem.replace(str(path), display_name(name)).replace(path.name, display_name(name))
+                self._error(f"{display_name(name)}: {problem}")
                 self._log("scan", "refused")
                 return
             if self.upload_path is not None and self.upload_path != path:
