@@ -75,6 +75,8 @@ class Session:
             self.slice_views[key] = self.view_manager.create_view(definition)
         self.threed = self.view_manager.create_view(ViewLayoutDefinition.threed_view(name="threed",
                                                                                       background_color="#000000"))
+        for key, view in self.slice_views.items():
+            view.get_view_node().AddObserver("ModifiedEvent", lambda *_a, key=key: self._slice_moved(key))
         self.view_ids = {key: server.translator.translate_key(view.get_singleton_tag())
                          for key, view in [*self.slice_views.items(), ("threed", self.threed)]}
         self.input_node = None
@@ -108,6 +110,7 @@ class Session:
         s.scan_info = ""
         s.has_scan = False
         s.busy = False
+        s.uploading = False
         s.progress = 0
         s.stage = ""
         s.message = ""
@@ -163,27 +166,27 @@ class Session:
     def upload_started(self, name: str, size: float) -> None:
         with self.state:
             self.state.message = ""
-            self.state.stage = f"uploading {display_name(name)}"
-            self.state.busy = True
+            self.state.uploading = True
 
     def upload_failed(self, name: str, error: str) -> None:
         with self.state:
-            self.state.busy = False
-            self.state.stage = ""
+            self.state.uploading = False
             self._error(f"{display_name(name)}: {error}")
         self._log("upload", "refused")
 
     def uploaded(self, upload_id: str, name: str) -> None:
         with self.state:
-            self.state.busy = False
-            self.state.stage = ""
+            self.state.uploading = False
             if not isinstance(upload_id, str) or not UPLOAD_ID.match(upload_id):
                 self._error("upload failed: unknown upload")
                 return
             path = self.uploads / upload_id
             try:
                 self._load_file(path, display_name(name), "upload")
-            except AddiagnosisError as exc:
+            except Exception as exc:
+                if not isinstance(exc, AddiagnosisError):
+                    logging.getLogger(__name__).exception("showing an upload failed")
+                    exc = AddiagnosisError(f"could not show this scan ({type(exc).__name__})")
                 path.unlink(missing_ok=True)
                 problem = str(getattr(exc, "problem", None) or exc)
                 # the reader may quote the stored file: show the user's name, never the server's path
@@ -199,8 +202,6 @@ class Session:
         """Validate with the engine's reader, then show the scan (its previous scan and results go)."""
         from ..volume import read_nifti
 
-        if self.state.busy and source == "example":
-            return
         volume = read_nifti(path, name=name)  # the engine's checks, before anything else runs
         self._clear_scene()
         with self._renders_held():
@@ -389,6 +390,12 @@ class Session:
             view.set_slice_value(value)
             view.schedule_render()
 
+    def _slice_moved(self, key: str) -> None:
+        value = float(self.slice_views[key].get_slice_value())
+        if self.state[f"slice_{key}"] is not None and abs(float(self.state[f"slice_{key}"]) - value) > 1e-6:
+            with self.state:
+                self.state[f"slice_{key}"] = value
+
     def _sync_slices(self) -> None:
         s = self.state
         for key, view in self.slice_views.items():
@@ -482,8 +489,9 @@ def build_ui(server, session: Session) -> None:
                               hide_details=True, disabled=("busy",), id="method-select", style="flex: 3")
                     v.VSelect(label="Explain", v_model=("target",), items=("targets",), density="compact",
                               hide_details=True, disabled=("busy",), id="target-select", style="flex: 2")
+                v.VProgressLinear(v_if="uploading", indeterminate=True, color="primary", id="uploading")
                 v.VBtn("Diagnose", id="diagnose", block=True, color="deep-orange", size="large",
-                       disabled=("busy || !has_scan",), loading=("busy",), click=session.diagnose)
+                       disabled=("busy || uploading || !has_scan",), loading=("busy",), click=session.diagnose)
                 with html.Div(v_if="busy", id="progress"):
                     v.VProgressLinear(model_value=("progress",), color="deep-orange", height=6, rounded=True)
                     html.Div("{{ stage }}", classes="text-caption mt-1", id="stage")
