@@ -336,14 +336,24 @@ class Session:
                 if focus is not None:
                     view.get_view_node().JumpSliceByOffsetting(*[float(v) for v in focus])
                     view._logic.SnapSliceOffsetToIJK()
-            slice_model = self.slice_views["axial"]._logic.GetSliceModelDisplayNode()
-            if slice_model is not None:  # the axial slice in the 3D view gives the relevance anatomical context
-                slice_model.SetVisibility(True)
-                slice_model.SetVisibility3D(True)
-            self.threed.fit_view_to_content()
-            self.threed.rotate_to_view_direction(_view_direction("LEFT"))
+            self.slice_views["axial"].set_visible_in_3d(True)  # the axial slice gives the 3D view context
+            self._oblique_camera(node)
         self._sync_slices()
         return outputs
+
+    def _oblique_camera(self, node) -> None:
+        """Look at the scan from front-left-above (as addiagnosis.views does), so the axial slice shows."""
+        bounds = [0.0] * 6
+        node.GetRASBounds(bounds)
+        centre = [(bounds[2 * i] + bounds[2 * i + 1]) / 2 for i in range(3)]
+        radius = max(bounds[2 * i + 1] - bounds[2 * i] for i in range(3))
+        camera = self.threed.get_camera_node()
+        if camera is None:
+            return
+        camera.SetFocalPoint(*centre)
+        camera.SetPosition(*[centre[i] + 1.7 * radius * d for i, d in enumerate((-0.62, 0.62, 0.48))])
+        camera.SetViewUp(0, 0, 1)
+        camera.ResetClippingRange()
 
     def _show_result(self, result, seconds: float) -> None:
         s = self.state
@@ -449,12 +459,6 @@ async def _watch_parent(parent: int) -> None:
 
 def _no_gutter(*_args) -> None:
     """No per-view tool gutter: the page has its own controls."""
-
-
-def _view_direction(name: str):
-    from trame_slicer.views.threed_view import ViewDirection
-
-    return getattr(ViewDirection, name, ViewDirection.ANTERIOR)
 
 
 def build_ui(server, session: Session) -> None:
