@@ -197,6 +197,19 @@ def test_web_app_in_browser(server, cli_reference, browser, tmp_path):
         assert hot_pixels(a.locator("#view-axial img").first.screenshot()) <= before // 10
         a.evaluate("() => window.trame.state.set('opacity', 0.6)")
 
+        # slice scrolling: the axial slider moves the axial view to another slice (another picture)
+        shown_before = np.asarray(Image.open(io.BytesIO(a.locator("#view-axial img").first.screenshot())))
+        a.evaluate("() => { const s = window.trame.state;"
+                   " s.set('slice_axial', s.get('slice_axial_min') + 0.3 * (s.get('slice_axial_max') -"
+                   " s.get('slice_axial_min'))); }")
+        deadline = time.monotonic() + 20
+        changed = 0.0
+        while changed < 0.05 and time.monotonic() < deadline:
+            time.sleep(0.2)
+            now = np.asarray(Image.open(io.BytesIO(a.locator("#view-axial img").first.screenshot())))
+            changed = float((np.abs(now.astype(int) - shown_before.astype(int)).max(axis=-1) > 40).mean())
+        assert changed >= 0.05  # a different slice fills the view
+
         # download: the relevance map equals the CLI's, on the scan's grid
         with a.expect_download() as info:
             a.click("#download-relevance")
