@@ -48,10 +48,7 @@ class Session:
         from trame_slicer.rca_view import register_rca_factories
         from trame_slicer.views import ViewLayoutDefinition
 
-        try:  # the headless runtime moves to addiagnosis.runtime; older trees have it in addiagnosis.scene
-            from ..runtime import SlicerRuntime
-        except ImportError:
-            from ..scene import SlicerRuntime
+        from ..runtime import SlicerRuntime
 
         self.server = server
         self.state = server.state
