@@ -31,7 +31,7 @@ from pathlib import Path
 from aiohttp import ClientSession, ClientTimeout, WSMsgType, web
 
 from .. import RESEARCH_USE
-from . import DOWNLOADS, access_line, write_access
+from .common import DOWNLOADS, access_line, write_access
 
 COOKIE = "addiagnosis_session"
 START_TIMEOUT_S = 120.0

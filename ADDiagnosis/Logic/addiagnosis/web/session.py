@@ -25,7 +25,7 @@ from pathlib import Path  # noqa: E402
 
 from .. import RESEARCH_USE  # noqa: E402
 from ..errors import AddiagnosisError  # noqa: E402
-from . import DOWNLOADS, STATIC_DIR, access_line, write_access  # noqa: E402
+from .common import DOWNLOADS, STATIC_DIR, access_line, write_access  # noqa: E402
 
 UPLOAD_ID = re.compile(r"^[0-9a-f]{32}\.nii(\.gz)?$")
 VIEW_KEYS = (("axial", "Axial"), ("coronal", "Coronal"), ("sagittal", "Sagittal"))
