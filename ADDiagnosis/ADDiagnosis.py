@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 import threading
-from typing import Annotated, Union
+from typing import Annotated, Optional, Union
 
 import qt
 import slicer
@@ -122,17 +122,19 @@ def registerSampleData():
 class ADDiagnosisParameterNode:
     """Everything the module needs to run and show a diagnosis (saved with the scene)."""
 
-    inputVolume: vtkMRMLScalarVolumeNode
+    # Node parameters are Optional: the wrapper writes every default when it creates the node, and only
+    # Optional can hold None (a Union of node types without None raises TypeError there).
+    inputVolume: Optional[vtkMRMLScalarVolumeNode]  # noqa: UP007 - parameterNodeWrapper, Python 3.9
     model: str = ""
     method: Annotated[str, Choice(METHODS)] = "auto"
     targetClass: str = ""
     device: Annotated[str, Choice(["cpu", "cuda"])] = "cpu"
     overlayOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.6
     topPercent: Annotated[float, WithinRange(0.1, 100.0)] = 5.0
-    regions: Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode]  # noqa: UP007 - parameterNodeWrapper
-    relevanceVolume: vtkMRMLScalarVolumeNode
-    probabilityTable: vtkMRMLTableNode
-    regionTable: vtkMRMLTableNode
+    regions: Optional[Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode]]  # noqa: UP007
+    relevanceVolume: Optional[vtkMRMLScalarVolumeNode]  # noqa: UP007
+    probabilityTable: Optional[vtkMRMLTableNode]  # noqa: UP007
+    regionTable: Optional[vtkMRMLTableNode]  # noqa: UP007
 
 
 #
