@@ -10,7 +10,6 @@ Research use only: not a medical device.
 import logging
 import os
 import sys
-import threading
 from typing import Annotated, Optional, Union
 
 import qt
@@ -40,7 +39,12 @@ TORCH_REQUIREMENT = ">=2.1"
 # Parameters whose choices are only known at run time (installed models, the model's classes): a QComboBox can
 # only be bound with connectGui to a fixed Choice, so these two are kept in sync by the widget itself.
 MANUALLY_SYNCED = {"model": "modelSelector", "targetClass": "targetSelector"}
-PIP_PACKAGES = {"nibabel": "nibabel>=5.0", "scipy": "scipy>=1.10"}  # never numpy/SimpleITK/torch from PyPI
+# Asked for (once, with a confirmation) only where missing; the worker reads voxels from .npy, not files, so nibabel
+# is not needed inside Slicer. Never numpy/SimpleITK/torch from PyPI (torch comes through PyTorchUtils).
+PIP_PACKAGES = {"scipy": "scipy>=1.10"}
+# Packages whose template preprocessing does not carry its own template assets need nilearn (which ships MNI152).
+TEMPLATE_PACKAGE = {"nilearn": "nilearn>=0.10"}
+POLL_MS = 100  # the GUI reads the worker's progress this often (never blocking)
 
 
 #
@@ -111,6 +115,23 @@ def registerSampleData():
             checksums=f"SHA256:{sha}",
             loadFileType="VolumeFile",
         )
+
+
+def _packageFolders():
+    """Model package folders in the engine's search order (torch-free; h1's card.py will own this)."""
+    home = os.environ.get("ADDIAGNOSIS_HOME")
+    user = os.path.join(home, "models") if home else os.path.join(
+        os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share"), "addiagnosis",
+        "models")
+    roots = [p for p in os.environ.get("ADDIAGNOSIS_MODEL_PATH", "").split(os.pathsep) if p]
+    roots += [user, os.path.join(os.path.dirname(os.path.abspath(__file__)), "Resources", "Models")]
+    folders = []
+    for root in roots:
+        if os.path.isfile(os.path.join(root, "card.json")):
+            folders.append(root)
+        elif os.path.isdir(root):
+            folders += [os.path.join(root, d) for d in sorted(os.listdir(root))]
+    return folders
 
 
 #
@@ -303,15 +324,22 @@ class ADDiagnosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         p = self._parameterNode
         target = p.targetClass or None
-        with slicer.util.tryWithErrorDisplay(_("Could not start the diagnosis."), waitCursor=True):
-            self.logic.ensureDependencies()
+        try:  # the scan is checked here, in the main thread, before anything runs: one line, scene untouched
+            self.logic.ensureDependencies(model=p.model)
             self._job = self.logic.start(p.inputVolume, p.model, p.method, target, p.device)
-            self._setRunning(True)
-            self._timer.start()
+        except Exception as exc:
+            message = " ".join(str(exc).split()) or type(exc).__name__
+            self.ui.statusLabel.text = message
+            slicer.util.errorDisplay(message, windowTitle=_("ADDiagnosis"))
+            return
+        self._setRunning(True)
+        self._timer.start()
 
     def _cancel(self):
+        """Stop a running diagnosis now: the worker process is killed, the scene was never touched."""
         if self._job is not None:
             self._job.cancel()
+            self._poll()
 
     def _setRunning(self, running):
         self.ui.diagnoseButton.text = _("Cancel") if running else _("Diagnose")
@@ -326,6 +354,7 @@ class ADDiagnosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if job is None:
             self._timer.stop()
             return
+        job.poll()  # reads what the worker wrote so far; never waits
         stage, fraction = job.progress
         self.ui.progressBar.value = int(100 * fraction)
         self.ui.statusLabel.text = stage
@@ -339,8 +368,9 @@ class ADDiagnosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = _("cancelled; the scene was not changed")
             return
         if job.error is not None:
-            self.ui.statusLabel.text = _("failed")
-            slicer.util.errorDisplay(str(job.error).splitlines()[0], detailedText=job.details)
+            message = " ".join(str(job.error).split())
+            self.ui.statusLabel.text = _("failed: ") + message
+            slicer.util.errorDisplay(message, windowTitle=_("ADDiagnosis"), detailedText=job.details)
             return
         with slicer.util.tryWithErrorDisplay(_("Could not show the results."), waitCursor=True):
             outputs = self.logic.show(job, self._parameterNode)
@@ -380,49 +410,6 @@ class ADDiagnosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 #
 
 
-class DiagnosisJob:
-    """One diagnosis running in a worker thread; the GUI polls it with a QTimer (no event-loop spinning)."""
-
-    def __init__(self, logic, inputNode, volume, model, method, target, device):
-        self.inputNode, self.volume = inputNode, volume
-        self.model, self.method, self.target, self.device = model, method, target, device
-        self.progress = ("queued", 0.0)
-        self.result = self.error = self.details = None
-        self.done = self.cancelled = False
-        self._cancel = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(logic,), daemon=True)
-        self._thread.start()
-
-    def cancel(self):
-        self._cancel.set()
-
-    def _note(self, stage, fraction):
-        if self._cancel.is_set():
-            raise _Cancelled()
-        self.progress = (stage, fraction)
-
-    def _run(self, logic):
-        import traceback
-
-        try:
-            from addiagnosis.engine import diagnose
-
-            self.result = diagnose(self.volume, logic.package(self.model), self.method, self.target, self.device,
-                                   self._note)
-            if self._cancel.is_set():
-                raise _Cancelled()
-        except _Cancelled:
-            self.cancelled = True
-        except Exception as exc:
-            self.error, self.details = exc, traceback.format_exc()
-        finally:
-            self.done = True
-
-
-class _Cancelled(Exception):
-    pass
-
-
 class ADDiagnosisLogic(ScriptedLoadableModuleLogic):
     """The module's logic facade: ``process()`` blocks and works without the GUI (scripts, self-test)."""
 
@@ -436,16 +423,16 @@ class ADDiagnosisLogic(ScriptedLoadableModuleLogic):
 
     # --- dependencies: asked once, never at import time ------------------------------------------
     @classmethod
-    def ensureDependencies(cls, askConfirmation=True):
+    def ensureDependencies(cls, askConfirmation=True, model=None):
+        """torch (through PyTorchUtils) and what the model needs, each asked for once with a confirmation.
+
+        Only looks for the packages (no import of torch into Slicer's GUI process: the worker runs it)."""
+        import importlib.util
+
+        cls._ensureModelNeeds(model, askConfirmation)
         if cls._dependenciesChecked:
             return
-        try:
-            import torch  # noqa: F401
-
-            haveTorch = True
-        except ImportError:
-            haveTorch = False
-        if not haveTorch:
+        if importlib.util.find_spec("torch") is None:
             try:
                 import PyTorchUtils
             except ImportError:
@@ -459,19 +446,49 @@ class ADDiagnosisLogic(ScriptedLoadableModuleLogic):
                     raise RuntimeError("PyTorch is required; installation was declined")
                 if torchLogic.installTorch(askConfirmation=False, torchVersionRequirement=TORCH_REQUIREMENT) is None:
                     raise RuntimeError("PyTorch could not be installed (see the Python console)")
-        missing = []
-        for module, requirement in PIP_PACKAGES.items():
-            try:
-                __import__(module)
-            except ImportError:
-                missing.append(requirement)
-        if missing:
-            if askConfirmation and not slicer.util.confirmOkCancelDisplay(
-                    _("ADDiagnosis needs these Python packages: {p}. Install them now?").format(
-                        p=", ".join(missing))):
-                raise RuntimeError(f"required Python packages are missing: {', '.join(missing)}")
-            slicer.util.pip_install(missing)
+        cls._pipInstall(PIP_PACKAGES, askConfirmation)
         cls._dependenciesChecked = True
+
+    _modelsChecked = set()
+
+    @classmethod
+    def _ensureModelNeeds(cls, model, askConfirmation):
+        """A template-preprocessed package without its own template assets needs nilearn: ask once."""
+        if model in cls._modelsChecked:
+            return
+        card = cls._cardOnDisk(model)
+        prep = (card or {}).get("preprocessing") or {}
+        if prep.get("kind") == "template" and not prep.get("template_assets"):
+            cls._pipInstall(TEMPLATE_PACKAGE, askConfirmation)
+        cls._modelsChecked.add(model)
+
+    @staticmethod
+    def _pipInstall(packages, askConfirmation):
+        import importlib.util
+
+        missing = [req for module, req in packages.items() if importlib.util.find_spec(module) is None]
+        if not missing:
+            return
+        if askConfirmation and not slicer.util.confirmOkCancelDisplay(
+                _("ADDiagnosis needs these Python packages: {p}. Install them now?").format(p=", ".join(missing))):
+            raise RuntimeError(f"required Python packages are missing: {', '.join(missing)}")
+        slicer.util.pip_install(missing)
+        importlib.invalidate_caches()
+
+    @staticmethod
+    def _cardOnDisk(model):
+        """The card of ``model`` (name or package folder) read as JSON, without importing the engine's torch."""
+        import json
+
+        for folder in _packageFolders():
+            card = os.path.join(folder, "card.json")
+            if os.path.isfile(card):
+                with open(card) as fh:
+                    data = json.load(fh)
+                if (model and (data.get("name") == model or os.path.abspath(folder) == os.path.abspath(model))) or (
+                        not model and data.get("default")):
+                    return data
+        return None
 
     # --- models ----------------------------------------------------------------------------------
     def listModels(self):
@@ -527,13 +544,26 @@ class ADDiagnosisLogic(ScriptedLoadableModuleLogic):
         return import_checkpoint(path, name, preset="seed")
 
     # --- running -----------------------------------------------------------------------------------
+    @staticmethod
+    def workerPython():
+        """The interpreter for the worker process: PythonSlicer inside Slicer (Slicer's own Python)."""
+        import shutil
+
+        return shutil.which("PythonSlicer") or sys.executable
+
     def start(self, inputNode, model, method, target, device="cpu"):
-        """Start a diagnosis in a worker thread; returns a DiagnosisJob to poll. The scene is untouched."""
+        """Check the scan and start the diagnosis in a worker process; returns the job to poll.
+
+        The voxels and IJK-to-RAS go to the worker exactly (.npy); the scene is not touched."""
         from addiagnosis.scene import volume_from_node
+        from addiagnosis.worker import WorkerJob, check_volume
 
         volume = volume_from_node(inputNode)
-        volume.array = volume.array.copy()  # the worker must not read voxels the GUI may change
-        return DiagnosisJob(self, inputNode, volume, model, method, target, device)
+        check_volume(volume)  # the one input check (constant, NaN/Inf, 2D/4D, label maps): before anything runs
+        modelArg = str(model.path) if hasattr(model, "path") else (model or None)
+        job = WorkerJob(volume, modelArg, method, target, device, python=self.workerPython())
+        job.inputNode = inputNode
+        return job
 
     def show(self, job, parameterNode=None):
         """Push a finished job's result into the scene (main thread)."""
@@ -562,21 +592,24 @@ class ADDiagnosisLogic(ScriptedLoadableModuleLogic):
         return region_summary(slicer.mrmlScene, inputNode, regionsNode)
 
     def process(self, inputNode, model=None, method="auto", target=None, device="cpu",
-                parameterNode=None, regionsNode=None):
-        """Blocking: diagnose ``inputNode`` and push the results into the scene. Returns (result, outputs)."""
+                parameterNode=None, regionsNode=None, timeout=None):
+        """Blocking: diagnose ``inputNode`` (in the worker process) and push the results into the scene.
+
+        ``model``: a package name, folder or ModelPackage (None: the default). Returns (result, outputs)."""
         import time
 
-        from addiagnosis.engine import diagnose
-        from addiagnosis.scene import volume_from_node
-
         start = time.time()
-        self.ensureDependencies()
-        volume = volume_from_node(inputNode)
-        result = diagnose(volume, self.package(model) if isinstance(model, str) or model is None else model,
-                          method, target, device)
-        outputs = self.pushResults(inputNode, result, parameterNode, regionsNode)
-        logging.info(f"ADDiagnosis: {result.predicted} in {time.time() - start:.1f} s. {RESEARCH_USE}")
-        return result, outputs
+        self.ensureDependencies(model=None if hasattr(model, "path") else model)
+        job = self.start(inputNode, model, method, target, device)
+        if timeout is not None:
+            job.time_limit = float(timeout)
+        while not job.poll():
+            time.sleep(0.05)
+        if job.error is not None:
+            raise RuntimeError(" ".join(str(job.error).split()))
+        outputs = self.pushResults(inputNode, job.result, parameterNode, regionsNode)
+        logging.info(f"ADDiagnosis: {job.result.predicted} in {time.time() - start:.1f} s. {RESEARCH_USE}")
+        return job.result, outputs
 
     def setOpacity(self, relevanceNode, opacity):
         from addiagnosis.scene import set_overlay_opacity

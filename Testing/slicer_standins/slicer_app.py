@@ -228,6 +228,9 @@ def boot(tag):
     runtime = SlicerRuntime()
     layout = slicer.vtkMRMLLayoutNode()  # the application's singletons: layout and plot view
     layout.SetSingletonTag("vtkMRMLLayoutNode")
+    layout.AddLayoutDescription(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpPlotView,  # what the layout manager adds
+                                '<layout type="horizontal"><item><view class="vtkMRMLPlotViewNode" '
+                                'singletontag="PlotView1"/></item></layout>')
     runtime.scene.AddNode(layout)
     plot_view = slicer.vtkMRMLPlotViewNode()
     plot_view.SetSingletonTag("PlotView1")
