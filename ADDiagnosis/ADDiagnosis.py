@@ -204,18 +204,22 @@ class ADDiagnosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def cleanup(self):
         self._cancel()
+        self._disconnectParameterNode()
         self.removeObservers()
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
 
     def enter(self):
         self.initializeParameterNode()
 
     def exit(self):
+        self._disconnectParameterNode()
+
+    def _disconnectParameterNode(self):
         if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+            if self._parameterNodeGuiTag is not None:
+                self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+                self._parameterNodeGuiTag = None
+            if self.hasObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply):
+                self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
 
     def onSceneStartClose(self, caller, event):
         self._cancel()
@@ -233,9 +237,7 @@ class ADDiagnosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self._parameterNode.inputVolume = first
 
     def setParameterNode(self, inputParameterNode):
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+        self._disconnectParameterNode()
         self._parameterNode = inputParameterNode
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
@@ -636,6 +638,8 @@ class ADDiagnosisTest(ScriptedLoadableModuleTest):
     def runTest(self):
         self.setUp()
         self.test_ADDiagnosis1()
+        self.setUp()
+        self.test_ADDiagnosisDefaultModel()
 
     def _tinyPackage(self):
         import tempfile
@@ -691,3 +695,28 @@ class ADDiagnosisTest(ScriptedLoadableModuleTest):
         logic.process(inputNode, package, method="lrp-epsilon", target="AD")
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), count)
         self.delayDisplay("ADDiagnosis test passed. " + RESEARCH_USE)
+
+    def test_ADDiagnosisDefaultModel(self):
+        """What a user gets on the first click: the bundled model, its recommended method, the example scan."""
+        import numpy as np
+
+        import SampleData
+        from addiagnosis.scene import array_from_node, node_ijk_to_ras, table_probabilities
+
+        self.delayDisplay("ADDiagnosis: default model and method on the example scan")
+        registerSampleData()
+        name = os.path.basename(exampleScans()[0]).split(".")[0]
+        inputNode = SampleData.SampleDataLogic().downloadSample(name)
+        self.assertIsNotNone(inputNode)
+        logic = ADDiagnosisLogic()
+        result, outputs = logic.process(inputNode)  # default model, method "auto"
+        self.assertEqual(result.model_name, "addiagnosis-synthetic-demo")
+        self.assertEqual(result.method, "lrp-reference")  # the card's recommended method
+        self.assertEqual(result.predicted, "AD")  # a held-out synthetic AD subject
+        rel = outputs.relevance
+        np.testing.assert_allclose(node_ijk_to_ras(rel), node_ijk_to_ras(inputNode), atol=1e-9)
+        self.assertEqual(array_from_node(rel).shape, array_from_node(inputNode).shape)
+        self.assertGreater(result.summary.get("positive_fraction_in_brain", 0.0), 0.9)
+        probs = table_probabilities(outputs.table)
+        self.assertAlmostEqual(sum(probs.values()), 1.0, places=5)
+        self.delayDisplay("ADDiagnosis default-model test passed. " + RESEARCH_USE)
