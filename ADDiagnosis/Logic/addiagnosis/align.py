@@ -38,7 +38,7 @@ import torch
 from .errors import InputError
 from .preprocess import grid_affine, normalise_percentiles, resample, resample_back
 from .registry import Prepared, register, register_reference
-from .template import ATLAS_SPACING, LANDMARKS_MNI, atlas
+from .template import ATLAS_SPACING, LANDMARKS_MNI, registration_template
 from .volume import Volume
 
 FLIP = np.diag([-1.0, -1.0, 1.0, 1.0])  # RAS <-> LPS
@@ -191,7 +191,7 @@ def _fixed():
     """The template head at 4 mm (block means of the 2 mm atlas), its head mask, and its centre (RAS)."""
     from scipy import ndimage
 
-    A = atlas()
+    A = registration_template()
     vol = Volume(A.head, A.affine, "template")
     data, aff = block_reduce(vol, FIXED_SPACING)
     mask = ndimage.binary_dilation(data > 0.05, iterations=1)
@@ -285,7 +285,7 @@ def register_to_template(volume: Volume, max_iterations: int = MAX_ITERATIONS,
 
 def mean_displacement(m1: np.ndarray, m2: np.ndarray, spacing_mm: float = 4.0) -> tuple[float, float]:
     """Mean and maximum distance (mm) between where two ``mni_to_input_ras`` put the template's brain."""
-    A = atlas()
+    A = registration_template()
     step = max(1, int(round(spacing_mm / ATLAS_SPACING)))
     idx = np.argwhere(A.brain[::step, ::step, ::step]) * step
     pts = A.affine @ np.c_[idx, np.ones(len(idx))].T
@@ -296,7 +296,7 @@ def mean_displacement(m1: np.ndarray, m2: np.ndarray, spacing_mm: float = 4.0) -
 @functools.lru_cache(maxsize=4)
 def template_on_grid(shape: tuple, spacing: tuple, centre: tuple) -> tuple[np.ndarray, np.ndarray]:
     """(template head T1, brain mask) resampled onto a model grid."""
-    A = atlas()
+    A = registration_template()
     g = grid_affine(shape, spacing, centre)
     to_atlas = np.linalg.inv(A.affine) @ g
     head = resample(A.head, to_atlas, shape)

@@ -22,6 +22,7 @@ from .lrp import REFERENCE_METHODS, FastLRP
 from .metrics import share_inside
 from .package import ModelPackage, find_package
 from .preprocess import Prepared, prepare, reference_input
+from .template import use_package_template
 from .volume import Volume
 
 Progress = Callable[[str, float], None]
@@ -133,6 +134,7 @@ class Diagnoser:
 
     def resolve_method(self, method: str | None) -> str:
         """``auto``/None -> the model's recommended method; prepares the reference input when one is needed."""
+        use_package_template(self.package.path, self.package.card)  # a package's own template: no nilearn
         if method in (None, "", AUTO_METHOD):
             method = self.recommended_method
         if method not in METHODS:

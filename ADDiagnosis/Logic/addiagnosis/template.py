@@ -67,6 +67,80 @@ class Atlas:
         return xyz.reshape(3, *self.shape).astype(np.float32)
 
 
+@dataclass(frozen=True, eq=False)
+class RegistrationTemplate:
+    """What template alignment needs at run time: the 2 mm head template, its brain mask and IJK->RAS."""
+
+    head: np.ndarray  # float32, the registration target (T1 brain with the synthetic head)
+    brain: np.ndarray  # bool
+    affine: np.ndarray  # IJK -> RAS (MNI mm)
+    source: str  # "nilearn" or the asset file it came from
+
+
+ASSET_FILE = "template-mni152-2mm.npz"
+ASSETS_KEY = "template_assets"  # card["preprocessing"][ASSETS_KEY] = {"file", "sha256", "contents"}
+_active: RegistrationTemplate | None = None
+
+
+def write_assets(folder: str | Path) -> dict:
+    """Save the registration template into a model package folder; returns the card entry (with SHA-256)."""
+    from .package import sha256_file
+
+    A = atlas()
+    path = Path(folder) / ASSET_FILE
+    tmp = path.with_name(path.name + ".part.npz")
+    np.savez_compressed(tmp, head=A.head.astype(np.float32), brain=A.brain.astype(bool),
+                        affine=A.affine.astype(np.float64))
+    tmp.replace(path)
+    return {"file": ASSET_FILE, "sha256": sha256_file(path),
+            "contents": "MNI ICBM152 2009a at 2 mm: head template (registration target), brain mask, IJK->RAS; "
+                        "see 'notice' for its licence"}
+
+
+def load_assets(folder: str | Path, entry: dict) -> RegistrationTemplate:
+    """A package's own template (SHA-256 checked): template alignment then needs no nilearn."""
+    import hashlib
+
+    path = Path(folder) / str(entry.get("file", ASSET_FILE))
+    if not path.is_file():
+        raise AddiagnosisError("the model package's template file is missing", path)
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != str(entry.get("sha256", "")).lower():
+        raise AddiagnosisError("the model package's template file does not match its SHA-256 in the card", path)
+    import io
+
+    with np.load(io.BytesIO(data), allow_pickle=False) as z:
+        return RegistrationTemplate(head=z["head"].astype(np.float32), brain=z["brain"].astype(bool),
+                                    affine=z["affine"].astype(np.float64), source=str(path))
+
+
+def use_package_template(folder, card: dict) -> None:
+    """Make the package's own template the one alignment uses (or nilearn's, when it carries none)."""
+    global _active
+    entry = (card.get("preprocessing") or {}).get(ASSETS_KEY)
+    new = None
+    if entry:
+        path = str(Path(folder) / str(entry.get("file", ASSET_FILE)))
+        new = _active if _active is not None and _active.source == path else load_assets(folder, entry)
+    if new is not _active:
+        _active = new
+        import sys
+
+        align = sys.modules.get(__package__ + ".align")
+        for fn in ("_fixed", "template_on_grid"):  # alignment caches what it made from the template
+            cached = getattr(align, fn, None)
+            if hasattr(cached, "cache_clear"):
+                cached.cache_clear()
+
+
+def registration_template() -> RegistrationTemplate:
+    """The active package's template, else the one made from nilearn's MNI152 (needs nilearn)."""
+    if _active is not None:
+        return _active
+    A = atlas()
+    return RegistrationTemplate(A.head, A.brain, A.affine, "nilearn")
+
+
 def template_dir() -> Path:
     try:
         import nilearn
