@@ -117,6 +117,16 @@ def registerSampleData():
         )
 
 
+def _installed(module):
+    """Whether ``module`` can be imported here, found without importing it (torch stays out of the GUI)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def _packageFolders():
     """Model package folders in the engine's search order (torch-free; h1's card.py will own this)."""
     home = os.environ.get("ADDIAGNOSIS_HOME")
@@ -145,17 +155,17 @@ class ADDiagnosisParameterNode:
 
     # Node parameters are Optional: the wrapper writes every default when it creates the node, and only
     # Optional can hold None (a Union of node types without None raises TypeError there).
-    inputVolume: Optional[vtkMRMLScalarVolumeNode]  # noqa: UP007 - parameterNodeWrapper, Python 3.9
+    inputVolume: Optional[vtkMRMLScalarVolumeNode]  # noqa: UP007, UP045 - evaluated at run time on Python 3.9
     model: str = ""
     method: Annotated[str, Choice(METHODS)] = "auto"
     targetClass: str = ""
     device: Annotated[str, Choice(["cpu", "cuda"])] = "cpu"
     overlayOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.6
     topPercent: Annotated[float, WithinRange(0.1, 100.0)] = 5.0
-    regions: Optional[Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode]]  # noqa: UP007
-    relevanceVolume: Optional[vtkMRMLScalarVolumeNode]  # noqa: UP007
-    probabilityTable: Optional[vtkMRMLTableNode]  # noqa: UP007
-    regionTable: Optional[vtkMRMLTableNode]  # noqa: UP007
+    regions: Optional[Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode]]  # noqa: UP007, UP045
+    relevanceVolume: Optional[vtkMRMLScalarVolumeNode]  # noqa: UP007, UP045
+    probabilityTable: Optional[vtkMRMLTableNode]  # noqa: UP007, UP045
+    regionTable: Optional[vtkMRMLTableNode]  # noqa: UP007, UP045
 
 
 #
@@ -241,6 +251,9 @@ class ADDiagnosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = inputParameterNode
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            guis = getattr(self._parameterNode, "_parameterGUIs", None)
+            if self._parameterNodeGuiTag is None and guis:  # Slicer 5.8's connectGui drops its tag (5.10 returns
+                self._parameterNodeGuiTag = max(guis)  # it): without it disconnectGui leaves stale connections
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
             self._syncManualParameters()
             self._checkCanApply()
@@ -429,12 +442,10 @@ class ADDiagnosisLogic(ScriptedLoadableModuleLogic):
         """torch (through PyTorchUtils) and what the model needs, each asked for once with a confirmation.
 
         Only looks for the packages (no import of torch into Slicer's GUI process: the worker runs it)."""
-        import importlib.util
-
         cls._ensureModelNeeds(model, askConfirmation)
         if cls._dependenciesChecked:
             return
-        if importlib.util.find_spec("torch") is None:
+        if not _installed("torch"):
             try:
                 import PyTorchUtils
             except ImportError:
@@ -466,9 +477,9 @@ class ADDiagnosisLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def _pipInstall(packages, askConfirmation):
-        import importlib.util
+        import importlib
 
-        missing = [req for module, req in packages.items() if importlib.util.find_spec(module) is None]
+        missing = [req for module, req in packages.items() if not _installed(module)]
         if not missing:
             return
         if askConfirmation and not slicer.util.confirmOkCancelDisplay(
@@ -699,8 +710,8 @@ class ADDiagnosisTest(ScriptedLoadableModuleTest):
     def test_ADDiagnosisDefaultModel(self):
         """What a user gets on the first click: the bundled model, its recommended method, the example scan."""
         import numpy as np
-
         import SampleData
+
         from addiagnosis.scene import array_from_node, node_ijk_to_ras, table_probabilities
 
         self.delayDisplay("ADDiagnosis: default model and method on the example scan")

@@ -180,7 +180,10 @@ def test_widget_setup_binds_the_ui_with_connectGui(app):
     assert p.targetClass == "AD"
     w.ui.targetSelector.setCurrentText(w.PREDICTED)
     assert p.targetClass == ""
-    assert w.ui.researchUseLabel.text.startswith("Research use only")
+    import addiagnosis
+    from addiagnosis.engine import METHOD_CHOICES
+
+    assert w.ui.researchUseLabel.text == addiagnosis.RESEARCH_USE and module.METHODS == list(METHOD_CHOICES)
     assert not w.ui.diagnoseButton.enabled  # no scan in the scene yet
     assert not w.ui.diagnoseButton.click()
 
@@ -227,8 +230,10 @@ def test_diagnose_shows_relevance_table_chart_and_3d(app):
     w = parent.widgetRepresentation()
     assert w.ui.diagnoseButton.click()
     assert w.ui.diagnoseButton.text == "Cancel" and w.ui.progressBar.visible
+    job = w._job
     seconds = event_loop(w, gil_held=False)
     measured["click_to_overlay_gil_free_s"] = round(seconds, 2)
+    measured["worker_gil_free_run_s"] = job.result.worker["seconds"]
     assert not qt.RECORD["messages"], qt.RECORD["messages"]
     assert w.ui.diagnoseButton.text == "Diagnose" and not w.ui.progressBar.visible
     probs = _relevance_checks(slicer, w)
@@ -303,12 +308,16 @@ def test_second_diagnose_with_the_gil_held_adds_no_nodes_and_is_not_slower(app):
     job = w._job
     seconds = event_loop(w, gil_held=True)
     measured["click_to_overlay_gil_held_s"] = round(seconds, 2)
-    measured["gil_ratio"] = round(seconds / measured["click_to_overlay_gil_free_s"], 3)
     measured["worker"] = job.result.worker
+    free, free_worker = measured["click_to_overlay_gil_free_s"], measured["worker_gil_free_run_s"]
+    measured["gil_ratio_raw"] = round(seconds / free, 3)
+    # the worker's own compute time varies with the load of a shared machine; the GIL can only add time
+    # outside it (polling, reading results, pushing into MRML): compare click-to-overlay per worker second
+    measured["gil_ratio"] = round((seconds / job.result.worker["seconds"]) / (free / free_worker), 3)
     assert not qt.RECORD["messages"], qt.RECORD["messages"]
     assert scene_state(slicer.mrmlScene) == before
     _relevance_checks(slicer, w)
-    assert seconds <= 1.5 * measured["click_to_overlay_gil_free_s"], measured
+    assert measured["gil_ratio"] <= 1.5, measured
 
 
 def _bad_volume(slicer, array, name, cls="vtkMRMLScalarVolumeNode"):
@@ -354,7 +363,10 @@ def test_scene_close_and_reenter(app):
     assert not w.ui.diagnoseButton.enabled
     parent.exit()
     parent.enter()
+    parent.exit()
+    parent.enter()
     assert w._parameterNode is not None and not w.ui.diagnoseButton.enabled
+    assert list(w._parameterNode._parameterGUIs) == [w._parameterNodeGuiTag]  # no stale GUI connections
     w.ui.loadExampleButton.click()
     assert w.ui.diagnoseButton.enabled
 
@@ -366,3 +378,89 @@ def test_module_self_test(app):
     slicer.selfTests["ADDiagnosis"]()
     measured["self_test_s"] = round(time.perf_counter() - t, 1)
     assert not [m for m in qt.RECORD["messages"] if m["icon"] == qt.QMessageBox.Critical]
+
+
+# --- nothing outside Slicer's Python but torch: nilearn / nibabel unimportable ------------------------------
+DEPS = os.environ.get("ADDIAGNOSIS_SLICER_DEPS") == "1"  # run once (one tag): they exercise the engine side
+
+
+def _block(names):
+    """Make ``names`` unimportable here (meta-path blocker) and in the worker (sitecustomize on PYTHONPATH)."""
+    import importlib.util as iu
+
+    spec = iu.spec_from_file_location("addiagnosis_test_blocker", HERE / "blocker" / "sitecustomize.py")
+    blocker = iu.module_from_spec(spec)
+    spec.loader.exec_module(blocker)
+    os.environ["ADDIAGNOSIS_BLOCK"] = ",".join(names)
+    path = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    if str(HERE / "blocker") not in path:
+        os.environ["PYTHONPATH"] = os.pathsep.join([str(HERE / "blocker"), *[p for p in path if p]])
+    blocker.install(names)
+    return blocker
+
+
+@pytest.mark.skipif(not DEPS, reason="run for one tag only")
+@pytest.mark.parametrize("missing", ["nilearn", "nibabel"])
+def test_diagnose_without(app, missing):
+    slicer, module, parent = app
+    w = parent.widgetRepresentation()
+    blocker = _block([missing])
+    try:
+        with pytest.raises(ImportError):
+            __import__(missing)
+        assert w.ui.diagnoseButton.click()
+        event_loop(w, gil_held=True)
+        assert not qt.RECORD["messages"], qt.RECORD["messages"]  # nothing to ask, nothing failed
+        _relevance_checks(slicer, w)
+        assert w.ui.predictedLabel.text.startswith("AD")
+    finally:
+        blocker.install([])
+        os.environ["ADDIAGNOSIS_BLOCK"] = ""
+
+
+@pytest.mark.skipif(not DEPS, reason="run for one tag only")
+def test_a_package_without_its_template_asks_once_for_nilearn(app, tmp_path, monkeypatch):
+    slicer, module, parent = app
+    bundled = slicer_app.ROOT / "ADDiagnosis" / "Resources" / "Models" / "addiagnosis-synthetic-demo"
+    pkg = tmp_path / "models" / "demo-no-template"
+    pkg.mkdir(parents=True)
+    card = json.loads((bundled / "card.json").read_text())
+    card["name"] = "demo-no-template"
+    card["default"] = False
+    del card["preprocessing"]["template_assets"]
+    (pkg / "card.json").write_text(json.dumps(card))
+    shutil.copy(bundled / "weights.pt", pkg / "weights.pt")
+    monkeypatch.setenv("ADDIAGNOSIS_MODEL_PATH", str(tmp_path / "models"))
+    blocker = _block(["nilearn"])
+    installed = []
+
+    def pip_install(requirements):  # what slicer.util.pip_install would do: afterwards nilearn imports
+        installed.append(requirements)
+        blocker.install([])
+        os.environ["ADDIAGNOSIS_BLOCK"] = ""
+
+    try:
+        # without nilearn the worker cannot make this package's template: one line, nothing pushed
+        node = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+        from addiagnosis.scene import volume_from_node
+        from addiagnosis.worker import WorkerJob
+
+        job = WorkerJob(volume_from_node(node), "demo-no-template", "auto")
+        while not job.poll():
+            time.sleep(0.1)
+        assert job.result is None and "nilearn" in str(job.error) and "\n" not in str(job.error)
+        # the module asks first, once; declining leaves everything as it was
+        monkeypatch.setattr(slicer.util, "pip_install", pip_install)
+        logic = module.ADDiagnosisLogic()
+        qt.ANSWERS["messageBox"][:] = [qt.QMessageBox.Cancel]
+        with pytest.raises(RuntimeError, match="nilearn"):
+            logic.ensureDependencies(model="demo-no-template")
+        assert len(qt.RECORD["messages"]) == 1 and not installed
+        qt.RECORD["messages"].clear()
+        logic.ensureDependencies(model="demo-no-template")  # accepted (Ok): installed
+        logic.ensureDependencies(model="demo-no-template")  # not asked again
+        assert len(qt.RECORD["messages"]) == 1 and "nilearn" in qt.RECORD["messages"][0]["text"]
+        assert installed == [["nilearn>=0.10"]]
+    finally:
+        blocker.install([])
+        os.environ["ADDIAGNOSIS_BLOCK"] = ""

@@ -276,9 +276,8 @@ def _read_available(pipe) -> bytes:
         return b""
     fd = pipe.fileno()
     if os.name == "nt":  # pragma: no cover - Windows
-        import msvcrt
-
         import _winapi
+        import msvcrt
 
         try:
             avail = _winapi.PeekNamedPipe(msvcrt.get_osfhandle(fd), 0)[0]
