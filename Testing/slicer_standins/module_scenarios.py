@@ -404,6 +404,9 @@ def _block(names):
 def test_diagnose_without(app, missing):
     slicer, module, parent = app
     w = parent.widgetRepresentation()
+    parent.enter()
+    if w._parameterNode.inputVolume is None:  # (the self-test before closed the scene)
+        w.ui.loadExampleButton.click()
     blocker = _block([missing])
     try:
         with pytest.raises(ImportError):
@@ -441,7 +444,7 @@ def test_a_package_without_its_template_asks_once_for_nilearn(app, tmp_path, mon
 
     try:
         # without nilearn the worker cannot make this package's template: one line, nothing pushed
-        node = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+        node = parent.widgetRepresentation()._parameterNode.inputVolume
         from addiagnosis.scene import volume_from_node
         from addiagnosis.worker import WorkerJob
 
