@@ -10,6 +10,7 @@ Research use only: not a medical device.
 import logging
 import os
 import sys
+import time
 from typing import Annotated, Optional, Union
 
 import qt
@@ -183,8 +184,9 @@ class ADDiagnosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._job = None
+        self._startedAt = time.monotonic()
         self._timer = qt.QTimer()
-        self._timer.setInterval(100)
+        self._timer.setInterval(POLL_MS)
         self._timer.connect("timeout()", self._poll)
 
     def setup(self):
@@ -347,6 +349,7 @@ class ADDiagnosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = message
             slicer.util.errorDisplay(message, windowTitle=_("ADDiagnosis"))
             return
+        self._startedAt = time.monotonic()
         self._setRunning(True)
         self._timer.start()
 
@@ -396,7 +399,7 @@ class ADDiagnosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         lines = [f"{c}: {100 * result.probabilities[c]:.1f} %" for c in result.class_names]
         self.ui.probabilitiesLabel.text = "\n".join(lines)
         self.ui.resultsCollapsibleButton.collapsed = False
-        self.ui.statusLabel.text = _("done in {s:.1f} s").format(s=sum(result.timings.values()))
+        self.ui.statusLabel.text = _("done in {s:.1f} s").format(s=time.monotonic() - self._startedAt)
         if getattr(result, "model_notice", None):
             self.ui.predictedLabel.text += "\n" + result.model_notice
         if result.warnings:  # e.g. poor registration to the template: the result may not be trustworthy

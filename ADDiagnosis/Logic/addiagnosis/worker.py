@@ -104,14 +104,17 @@ def run(job_dir: str) -> int:
         volume = Volume(array, aff, req.get("name") or "volume")
         check_volume(volume)
         _say("PROGRESS 0.02 loading the model")
+        t_import = time.perf_counter()
         from .engine import diagnose
 
+        import_s = time.perf_counter() - t_import
         result = diagnose(volume, req.get("model"), req.get("method") or "auto", req.get("target") or None,
                           req.get("device") or "cpu",
                           lambda stage, frac: _say(f"PROGRESS {float(frac):.3f} {stage}"))
         data = {k: getattr(result, k) for k in RESULT_FIELDS}
         data["relevance_name"] = result.relevance.name
         data["worker"] = {"pid": os.getpid(), "seconds": round(time.perf_counter() - t0, 3),
+                          "import_s": round(import_s, 3), "engine_s": round(sum(result.timings.values()), 3),
                           "peak_rss_mb": peak_rss_mb()}
         _save_atomic(os.path.join(job_dir, "relevance.npy"),
                      lambda p: np.save(open(p, "wb"), np.asarray(result.relevance.array, dtype=np.float32),
