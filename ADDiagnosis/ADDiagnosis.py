@@ -32,10 +32,10 @@ LOGIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "Logic")
 if LOGIC_DIR not in sys.path:
     sys.path.insert(0, LOGIC_DIR)
 
-RESEARCH_USE = "Research use only: not a medical device, not for clinical diagnosis."
-# "auto": the model card's recommended method (lrp-reference for the bundled model), as engine.METHOD_CHOICES
-METHODS = ["auto", "lrp-reference", "lrp-alpha1beta0", "lrp-epsilon", "lrp-composite", "gradient-x-input",
-           "guided-backprop"]
+from addiagnosis import card as _card  # noqa: E402 - torch-free: names, methods, discovery, card text
+
+RESEARCH_USE = _card.RESEARCH_USE
+METHODS = list(_card.METHOD_CHOICES)  # "auto": the card's recommended method (lrp-reference for the bundled model)
 TORCH_REQUIREMENT = ">=2.1"
 # Parameters whose choices are only known at run time (installed models, the model's classes): a QComboBox can
 # only be bound with connectGui to a fixed Choice, so these two are kept in sync by the widget itself.
@@ -126,23 +126,6 @@ def _installed(module):
         return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):
         return False
-
-
-def _packageFolders():
-    """Model package folders in the engine's search order (torch-free; h1's card.py will own this)."""
-    home = os.environ.get("ADDIAGNOSIS_HOME")
-    user = os.path.join(home, "models") if home else os.path.join(
-        os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share"), "addiagnosis",
-        "models")
-    roots = [p for p in os.environ.get("ADDIAGNOSIS_MODEL_PATH", "").split(os.pathsep) if p]
-    roots += [user, os.path.join(os.path.dirname(os.path.abspath(__file__)), "Resources", "Models")]
-    folders = []
-    for root in roots:
-        if os.path.isfile(os.path.join(root, "card.json")):
-            folders.append(root)
-        elif os.path.isdir(root):
-            folders += [os.path.join(root, d) for d in sorted(os.listdir(root))]
-    return folders
 
 
 #
@@ -493,66 +476,22 @@ class ADDiagnosisLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def _cardOnDisk(model):
-        """The card of ``model`` (name or package folder) read as JSON, without importing the engine's torch."""
-        import json
-
-        for folder in _packageFolders():
-            card = os.path.join(folder, "card.json")
-            if os.path.isfile(card):
-                with open(card) as fh:
-                    data = json.load(fh)
-                if (model and (data.get("name") == model or os.path.abspath(folder) == os.path.abspath(model))) or (
-                        not model and data.get("default")):
-                    return data
-        return None
-
-    # --- models ----------------------------------------------------------------------------------
-    def listModels(self):
+        """The card of ``model`` (name, package folder or None: the default), or None if there is none."""
         try:
-            from addiagnosis.package import list_packages
-        except ImportError:  # torch not installed yet: show the cards found on disk
-            return self._cardsOnDisk()
-        out = []
-        for pkg in list_packages():
-            out.append({"name": pkg.name, "card_text": self.cardText(pkg.card)})
-        return out
+            return _card.find_package(model or None).card
+        except Exception:
+            return None
 
-    def _cardsOnDisk(self):
-        import json
-
-        root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "Resources", "Models")
-        out = []
-        if os.path.isdir(root):
-            for sub in sorted(os.listdir(root)):
-                card = os.path.join(root, sub, "card.json")
-                if os.path.isfile(card):
-                    with open(card) as fh:
-                        data = json.load(fh)
-                    out.append({"name": data.get("name", sub), "card_text": self.cardText(data)})
-        return out
+    # --- models (addiagnosis.card: torch-free, nothing heavy is imported into Slicer's GUI process) -----
+    def listModels(self):
+        return [{"name": pkg.name, "card_text": self.cardText(pkg.card)} for pkg in _card.list_packages()]
 
     def modelCard(self, name):
-        for pkg in self.listModels():
-            if pkg["name"] == name:
-                try:
-                    return self.package(name).card
-                except Exception:
-                    return None
-        return None
+        return self._cardOnDisk(name) if name else None
 
     @staticmethod
     def cardText(card):
-        grid = card.get("input_grid", {})
-        return (f"{card.get('name')} {card.get('version', '')}\n"
-                f"classes: {', '.join(card.get('class_names', []))}\n"
-                f"input grid: {grid.get('shape')} at {grid.get('spacing')} mm\n"
-                f"intended use: {card.get('intended_use', '?')}\n"
-                f"training data: {card.get('training_data', '?')}")
-
-    def package(self, name):
-        from addiagnosis.package import find_package
-
-        return find_package(name or None)
+        return _card.card_text(card)
 
     def importCheckpoint(self, path, name):
         from addiagnosis.package import import_checkpoint

@@ -181,7 +181,7 @@ def test_widget_setup_binds_the_ui_with_connectGui(app):
     w.ui.targetSelector.setCurrentText(w.PREDICTED)
     assert p.targetClass == ""
     import addiagnosis
-    from addiagnosis.engine import METHOD_CHOICES
+    from addiagnosis.card import METHOD_CHOICES
 
     assert w.ui.researchUseLabel.text == addiagnosis.RESEARCH_USE and module.METHODS == list(METHOD_CHOICES)
     assert not w.ui.diagnoseButton.enabled  # no scan in the scene yet
@@ -242,6 +242,7 @@ def test_diagnose_shows_relevance_table_chart_and_3d(app):
     assert w.ui.statusLabel.text.startswith("done in")
     assert max(probs, key=probs.get) == "AD"
     measured["probabilities"] = probs
+    assert "torch" not in sys.modules  # Slicer's GUI process only moved data into MRML; the worker ran torch
 
 
 def test_opacity_and_threshold_controls(app):
