@@ -542,7 +542,7 @@ class ADDiagnosisLogic(ScriptedLoadableModuleLogic):
 
     def regionSummary(self, inputNode, regionsNode):
         """Relevance per segment / label (sum, mean, share of positive relevance) as a table node."""
-        from addiagnosis.scene import region_summary
+        from addiagnosis.regions import region_summary
 
         return region_summary(slicer.mrmlScene, inputNode, regionsNode)
 

@@ -223,7 +223,7 @@ def boot(tag):
 
     import ctk  # noqa: F401  (stand-in)
 
-    from addiagnosis.scene import SlicerRuntime
+    from addiagnosis.runtime import SlicerRuntime
 
     runtime = SlicerRuntime()
     layout = slicer.vtkMRMLLayoutNode()  # the application's singletons: layout and plot view
