@@ -260,7 +260,7 @@ def cmd_import(args) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- main
-METHOD_HELP = ("relevance method (default auto: the model card's recommended one, lrp-reference for the bundled "
+METHOD_HELP = ("relevance method (default auto: the model card's recommended one, lrp-alpha1beta0 for the bundled "
                f"model, else {DEFAULT_METHOD})")
 
 

@@ -414,9 +414,11 @@ def model_card(out: Path, cfg: TrainConfig, d: TrainingData, progress: Progress,
         "metrics": reports,
         "default": bool(cfg.default),
     }
-    if pre.get("kind") == "template":  # a healthy reference exists: explain relative to it (lrp.py)
-        card_out["explanation"] = {"method": "lrp-reference",
-                                   "reference": "the MNI152 template taken through this card's preprocessing"}
+    card_out["explanation"] = {"method": "lrp-alpha1beta0"}  # stable across storage and noise (docs/training.md)
+    if pre.get("kind") == "template":  # a healthy reference exists: lrp-reference is offered (lrp.py)
+        card_out["explanation"]["alternatives"] = {
+            "lrp-reference": "relative to the MNI152 template taken through this card's preprocessing: localises "
+                             "atrophy best but is not stable across how a scan is stored (docs/training.md)"}
     if dataset is not None:
         card_out["synthetic"] = True
         card_out["intended_use"] = (
