@@ -20,7 +20,7 @@ from .card import AUTO_METHOD, DEFAULT_METHOD, METHOD_CHOICES, sha256_file
 from .errors import AddiagnosisError, InputError, display_name
 
 EXIT_USER_ERROR = 2
-PLUGIN_COMMANDS = ("synth", "train", "evaluate", "web")
+PLUGIN_COMMANDS = ("synth", "train", "evaluate", "web", "cohort")
 SAMPLE_DIR = Path(__file__).resolve().parents[2] / "Resources" / "SampleData"
 
 
