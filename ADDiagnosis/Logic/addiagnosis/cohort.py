@@ -548,13 +548,31 @@ def synthetic_labelmap(out: str | os.PathLike) -> tuple[Path, Path]:
 _W: dict = {}
 
 
-def _init_worker(card: dict, threads: int) -> None:
-    try:  # die with the parent (a killed batch leaves no orphans)
-        import ctypes
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a killed batch not yet reaped by its parent is a zombie: dead)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return True
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
-    except Exception:
-        pass
+
+def _init_worker(card: dict, threads: int, parent: int | None = None) -> None:
+    if parent:  # die with the batch: a killed batch leaves no orphans (a pool worker never sees EOF by itself)
+        import threading
+
+        def watch():
+            while _alive(parent):
+                time.sleep(0.5)
+            os._exit(1)
+
+        threading.Thread(target=watch, name="addiagnosis-parent-watch", daemon=True).start()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
     import torch
 
@@ -695,7 +713,7 @@ def _make_pool(workers: int, card: dict, threads: int):
     if ctx.get_start_method() == "forkserver":
         ctx.set_forkserver_preload(["addiagnosis.cohort", "addiagnosis.preprocess", "addiagnosis.volume"])
     return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
-                               initargs=(card, threads))
+                               initargs=(card, threads, os.getpid()))
 
 
 def _kill_pool(pool) -> None:
@@ -725,6 +743,7 @@ class Ticker:
         self.stream = stream or sys.stderr
         self.t0 = time.perf_counter()
         self.last = 0.0
+        self.shown = -1
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
 
     def rate(self, done: int) -> float:
@@ -737,6 +756,9 @@ class Ticker:
         now = time.perf_counter()
         if not final and now - self.last < (0.5 if self.tty else 10.0):
             return
+        if final and not self.tty and self.shown == done:
+            return
+        self.shown = done
         self.last = now
         rate = self.rate(done)
         left = self.total - done
@@ -937,7 +959,7 @@ def run(scans: list[Scan], opts: Options, log=None) -> RunSummary:
         ticker(done, failed)
 
     try:
-        pool = _make_pool(workers, card, 1)
+        pool = _make_pool(workers, card, 1) if todo else InlineExecutor(card, 1)
         queue = deque((s, 0) for s in todo)  # (scan, attempts)
         suspects: deque = deque()  # jobs in flight when a worker died: retried one at a time
         inflight: dict = {}
