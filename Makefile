@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv test lint demo bench bench-scene clean
+.PHONY: venv test lint demo bench bench-scene bench-batch clean
 
 venv: $(STAMP)
 
@@ -31,6 +31,10 @@ bench: venv
 
 bench-scene: venv
 	$(BIN)/python scripts/bench_scene.py
+
+# cohort throughput: the batch engine against one CLI call per scan, side by side (BENCH_ARGS="--mem 100,300")
+bench-batch: venv
+	$(BIN)/python scripts/bench_batch.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache .ruff_cache

@@ -165,6 +165,38 @@ def test_bad_scans_are_rows_and_the_run_goes_on(tmp_path, capsys, folder, tiny_p
     assert code == 2 and err.count("\n") == 1 and "other settings" in err
 
 
+def _crashing_prepare(job):
+    """A worker step that dies like a segfault on one scan (os._exit: no exception, no cleanup)."""
+    from addiagnosis import cohort
+
+    if "crash" in job["path"]:
+        os._exit(3)
+    return cohort._real_prepare_job(job)
+
+
+def test_a_worker_dying_costs_one_scan(tmp_path, monkeypatch, tiny_package):
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    from addiagnosis import cohort
+
+    data = tmp_path / "data"
+    for name in ("a", "b", "crash", "d", "e"):
+        small_scan(data / f"{name}.nii.gz", ord(name[0]))
+    monkeypatch.setattr(cohort, "_real_prepare_job", cohort.prepare_job, raising=False)
+    monkeypatch.setattr(cohort, "prepare_job", _crashing_prepare)
+    # fork: the workers see the patched step (the default forkserver imports the module afresh)
+    monkeypatch.setattr(cohort, "_make_pool", lambda workers, card, threads: ProcessPoolExecutor(
+        workers, mp_context=mp.get_context("fork"), initializer=cohort._init_worker, initargs=(card, 1)))
+    summary = cohort.run(discover([data]), cohort.Options(out=tmp_path / "res", model=str(tiny_package), workers=2),
+                         log=lambda msg: None)
+    assert (summary.ok, summary.failed) == (4, 1)
+    rows = {r["scan_id"]: r for r in read_tsv(tmp_path / "res" / "results.tsv")}
+    assert rows["crash"]["status"] == "error" and "worker process died" in rows["crash"]["error"]
+    ids = [r["scan_id"] for r in _journal(tmp_path / "res")]
+    assert sorted(ids) == ["a", "b", "crash", "d", "e"]  # each scan once: retried, never repeated
+
+
 def _journal(out: Path) -> list[dict]:
     return Journal.read(out / JOURNAL)
 

@@ -962,30 +962,38 @@ def run(scans: list[Scan], opts: Options, log=None) -> RunSummary:
         pool = _make_pool(workers, card, 1) if todo else InlineExecutor(card, 1)
         queue = deque((s, 0) for s in todo)  # (scan, attempts)
         suspects: deque = deque()  # jobs in flight when a worker died: retried one at a time
-        inflight: dict = {}
+        inflight: dict = {}  # future -> (kind, scan, tries, alone, job)
         limit = max(1, workers * max(1, opts.window)) if workers else 1
+        state = {"broken": False}
+
+        def submit(kind: str, s: Scan, tries: int, alone: bool, job: dict) -> None:
+            try:
+                fut = pool.submit(prepare_job if kind == "prep" else finish_job, job)
+            except BrokenProcessPool:
+                state["broken"] = True
+                suspects.append((kind, s, tries + 1, job))
+                return
+            inflight[fut] = (kind, s, tries, alone, job)
+
         while queue or inflight or suspects:
             serial = bool(suspects) or any(v[3] for v in inflight.values())
             while not serial and queue and sum(1 for v in inflight.values() if v[0] == "prep") < limit:
                 s, tries = queue.popleft()
-                job = {"path": str(s.path), "labels": None if s.labels is None else str(s.labels)}
-                inflight[pool.submit(prepare_job, job)] = ("prep", s, tries, False, job)
-            if suspects and not inflight:
+                submit("prep", s, tries, False,
+                       {"path": str(s.path), "labels": None if s.labels is None else str(s.labels)})
+            if suspects and not inflight and not state["broken"]:
                 kind, s, tries, job = suspects.popleft()
-                fn = prepare_job if kind == "prep" else finish_job
-                inflight[pool.submit(fn, job)] = (kind, s, tries, True, job)
-            finished, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
-            broken = False
+                submit(kind, s, tries, True, job)
+            finished = wait(list(inflight), return_when=FIRST_COMPLETED)[0] if inflight else ()
             for fut in finished:
                 kind, s, tries, alone, job = inflight.pop(fut)
                 try:
                     res = fut.result()
                 except BrokenProcessPool:
-                    broken = True
-                    if alone:
-                        rec = {**record_base(s, {"stat": _stat_key(s.path)}), "status": "error",
-                               "error": "the worker process died on this scan (crash or out of memory)"}
-                        commit(rec)
+                    state["broken"] = True
+                    if alone:  # it broke the pool by itself: this scan is the culprit
+                        commit({**record_base(s, {"stat": _stat_key(s.path)}), "status": "error",
+                                "error": "the worker process died on this scan (crash or out of memory)"})
                     else:
                         suspects.append((kind, s, tries + 1, job))
                     continue
@@ -997,10 +1005,10 @@ def run(scans: list[Scan], opts: Options, log=None) -> RunSummary:
                         continue
                     rec, extra = _model_step(diagnoser, method, target_idx, s, res, rec, regions, brain_grid)
                     if rec["status"] == "ok" and save:
-                        fjob = {"save": save, "record": rec, "folder": str(out / "scans" / s.name),
-                                "path": str(s.path), "notice": notice, "model": model_info, **extra}
                         rec["output"] = f"scans/{s.name}"
-                        inflight[pool.submit(finish_job, fjob)] = ("finish", s, tries, False, fjob)
+                        submit("finish", s, tries, False,
+                               {"save": save, "record": rec, "folder": str(out / "scans" / s.name),
+                                "path": str(s.path), "notice": notice, "model": model_info, **extra})
                     else:
                         commit(rec)
                 else:
@@ -1012,12 +1020,13 @@ def run(scans: list[Scan], opts: Options, log=None) -> RunSummary:
                     else:
                         rec.update(status="error", error=res["error"])
                     commit(rec)
-            if broken:
+            if state["broken"]:  # a worker died: every job it may have held is retried alone in a new pool
                 for fut in list(inflight):
                     kind, s, tries, alone, job = inflight.pop(fut)
                     suspects.append((kind, s, tries + 1, job))
                 _kill_pool(pool)
                 pool = _make_pool(workers, card, 1)
+                state["broken"] = False
         ticker(done, failed, final=True)
     except KeyboardInterrupt:
         interrupted = True
@@ -1273,7 +1282,10 @@ def run_cli(args) -> int:
     save = tuple(x.strip() for x in (args.save or "").split(",") if x.strip())
     scans = discover(inputs, args.path_column, args.group_column, exclude=out)
     shard = parse_shard(args.shard)
-    opts = Options(out=out, model=args.model, device=args.device, method=args.method, target=args.target,
+    device = args.device
+    if device == "cuda" and os.environ.get("LOCAL_RANK"):  # torchrun: one GPU per process
+        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    opts = Options(out=out, model=args.model, device=device, method=args.method, target=args.target,
                    save=save, labels=args.labels, label_names=args.label_names, workers=args.workers,
                    threads=args.threads, shard=shard, strict=args.strict, retry_errors=args.retry_errors,
                    progress=False if args.quiet else args.progress)
