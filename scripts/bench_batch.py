@@ -41,18 +41,21 @@ def cli(*args) -> list[str]:
     return [sys.executable, "-m", "addiagnosis.cli", *map(str, args)]
 
 
-def tree_rss(root: int) -> int:
-    """Resident bytes of ``root`` and all its descendants."""
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def tree_sample(root: int) -> dict[int, tuple[int, int, float]]:
+    """{pid: (rss bytes, pss bytes, cpu seconds)} of ``root`` and all its descendants."""
     parents: dict[int, int] = {}
-    rss: dict[int, int] = {}
+    cpu: dict[int, float] = {}
     for d in os.listdir("/proc"):
         if not d.isdigit():
             continue
         try:
             with open(f"/proc/{d}/stat") as fh:
-                parents[int(d)] = int(fh.read().rsplit(")", 1)[1].split()[1])
-            with open(f"/proc/{d}/statm") as fh:
-                rss[int(d)] = int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+                f = fh.read().rsplit(")", 1)[1].split()
+            parents[int(d)] = int(f[1])
+            cpu[int(d)] = (int(f[11]) + int(f[12])) / TICK
         except (OSError, IndexError, ValueError):
             continue
     members, frontier = {root}, [root]
@@ -62,32 +65,62 @@ def tree_rss(root: int) -> int:
             if pp == p and c not in members:
                 members.add(c)
                 frontier.append(c)
-    return sum(rss.get(p, 0) for p in members)
+    out = {}
+    for p in members:
+        rss = pss = 0
+        try:
+            with open(f"/proc/{p}/smaps_rollup") as fh:
+                for line in fh:
+                    if line.startswith("Rss:"):
+                        rss = int(line.split()[1]) * 1024
+                    elif line.startswith("Pss:"):
+                        pss = int(line.split()[1]) * 1024
+        except OSError:
+            continue
+        out[p] = (rss, pss, cpu.get(p, 0.0))
+    return out
 
 
-def timed(argv: list[str], sample_memory: bool = False) -> tuple[float, int, str]:
-    """(seconds, peak tree RSS bytes, stdout) of one command."""
+def timed(argv: list[str]) -> dict:
+    """Wall seconds, CPU seconds and peak memory (RSS and PSS, summed over the process tree) of one command."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(argv, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    peak = [0]
+    peak = {"rss": 0, "pss": 0}
+    cpu: dict[int, float] = {}
     stop = threading.Event()
 
     def sample():
         while not stop.is_set():
-            peak[0] = max(peak[0], tree_rss(proc.pid))
+            snap = tree_sample(proc.pid)
+            peak["rss"] = max(peak["rss"], sum(v[0] for v in snap.values()))
+            peak["pss"] = max(peak["pss"], sum(v[1] for v in snap.values()))
+            for pid, v in snap.items():
+                cpu[pid] = max(cpu.get(pid, 0.0), v[2])
             stop.wait(0.2)
 
     th = threading.Thread(target=sample, daemon=True)
-    if sample_memory:
-        th.start()
+    th.start()
     out, err = proc.communicate()
     stop.set()
-    if sample_memory:
-        th.join()
+    th.join()
     dt = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"bench_batch: command failed ({proc.returncode}): {' '.join(argv)}\n{err[-2000:]}")
-    return dt, peak[0], out
+    return {"seconds": dt, "cpu_s": sum(cpu.values()), "rss": peak["rss"], "pss": peak["pss"], "stdout": out}
+
+
+def random_model(root: Path) -> Path:
+    """A random-weight model with the cheap ``physical`` preprocessing: isolates the pipeline's own memory."""
+    sys.path.insert(0, str(LOGIC))
+    from addiagnosis.model import ClassificationModel3D
+    from addiagnosis.package import write_package
+
+    card = {"name": "bench-random", "version": "1", "class_names": ["CN", "EMCI", "MCI", "LMCI", "AD"],
+            "input_grid": {"shape": [80, 96, 80], "spacing": [2.0, 2.0, 2.0], "orientation": "RAS"},
+            "preprocessing": {"kind": "physical"}, "intended_use": "benchmark only; random weights",
+            "training_data": "none"}
+    write_package(root / "bench-random", ClassificationModel3D((80, 96, 80), 5).state_dict(), card, overwrite=True)
+    return root / "bench-random"
 
 
 def cohort(data: Path, n: int, seed: int) -> list[Path]:
@@ -106,6 +139,9 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=60, help="scans in the timed batch run (default 60)")
     ap.add_argument("--loop", type=int, default=6, help="scans in the one-call-per-scan loop (default 6)")
     ap.add_argument("--mem", default="", help="cohort sizes for the memory check, e.g. 100,300 (default: none)")
+    ap.add_argument("--mem-model", default="bundled", choices=["bundled", "random"],
+                    help="model of the memory runs: bundled, or random (random weights, cheap physical "
+                         "preprocessing: the pipeline's own memory at 1,000 scans in minutes)")
     ap.add_argument("--workers", type=int, default=None, help="batch workers (default: one per core)")
     ap.add_argument("--data", default=str(Path(tempfile.gettempdir()) / "addiagnosis-bench-synth"),
                     help="where the synthetic cohort is cached")
@@ -114,39 +150,54 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     sizes = [int(s) for s in args.mem.split(",") if s.strip()]
     data = Path(args.data)
-    scans = cohort(data, max([args.n, args.loop, *sizes]), args.seed)
+    need = max([args.n, args.loop] + ([] if args.mem_model == "random" else sizes))
+    scans = cohort(data, need, args.seed)
     work = Path(tempfile.mkdtemp(prefix="addiagnosis-bench-"))
     workers = [] if args.workers is None else ["--workers", args.workers]
     res = {"cpu_cores": len(os.sched_getaffinity(0)), "load_avg_before": os.getloadavg()[0]}
     try:
-        t_loop = 0.0
-        for i, s in enumerate(scans[: args.loop]):
-            dt, _, _ = timed(cli("diagnose", s, "--out", work / f"loop{i}", "--no-figures", "-q"))
-            t_loop += dt
+        loop = [timed(cli("diagnose", s, "--out", work / f"loop{i}", "--no-figures", "-q"))
+                for i, s in enumerate(scans[: args.loop])]
+        t_loop = sum(x["seconds"] for x in loop)
         res["loop"] = {"scans": args.loop, "seconds": round(t_loop, 2),
-                       "scans_per_min": round(args.loop / t_loop * 60, 1)}
-        print(f"one call per scan: {args.loop} scans in {t_loop:.1f} s = {res['loop']['scans_per_min']} scans/min",
-              file=sys.stderr)
+                       "scans_per_min": round(args.loop / t_loop * 60, 1),
+                       "cpu_s_per_scan": round(sum(x["cpu_s"] for x in loop) / args.loop, 2)}
+        print(f"one call per scan: {args.loop} scans in {t_loop:.1f} s = {res['loop']['scans_per_min']} scans/min, "
+              f"{res['loop']['cpu_s_per_scan']} CPU s/scan", file=sys.stderr)
 
-        def batch(n: int, tag: str) -> dict:
+        def batch(paths: list[Path], tag: str, model: list) -> dict:
             listing = work / f"{tag}.txt"
-            listing.write_text("".join(f"{p}\n" for p in scans[:n]))
-            dt, peak, out = timed(cli(BATCH, listing, "--out", work / tag, "-q", *workers), sample_memory=True)
-            line = next((x for x in out.splitlines() if "scans/min" in x), "")
-            return {"scans": n, "seconds": round(dt, 2), "scans_per_min": round(n / dt * 60, 1),
+            listing.write_text("".join(f"{p}\n" for p in paths))
+            r = timed(cli(BATCH, listing, "--out", work / tag, "-q", *workers, *model))
+            line = next((x for x in r["stdout"].splitlines() if "scans/min" in x), "")
+            n = len(paths)
+            return {"scans": n, "seconds": round(r["seconds"], 2), "scans_per_min": round(n / r["seconds"] * 60, 1),
                     "steady_scans_per_min": float(line.rsplit(" s, ", 1)[1].split()[0]) if " s, " in line else None,
-                    "peak_rss_mb": round(peak / 2**20)}
+                    "cpu_s_per_scan": round(r["cpu_s"] / n, 2), "peak_rss_mb": round(r["rss"] / 2**20),
+                    "peak_pss_mb": round(r["pss"] / 2**20)}
 
-        res["batch"] = batch(args.n, "batch")
-        res["ratio"] = round(res["batch"]["scans_per_min"] / res["loop"]["scans_per_min"], 2)
-        print(f"batch: {args.n} scans in {res['batch']['seconds']} s = {res['batch']['scans_per_min']} scans/min "
-              f"(after start-up {res['batch']['steady_scans_per_min']}), peak {res['batch']['peak_rss_mb']} MB; "
-              f"batch / per-call = {res['ratio']}x", file=sys.stderr)
+        res["batch"] = batch(scans[: args.n], "batch", [])
+        b = res["batch"]
+        res["ratio"] = round(b["scans_per_min"] / res["loop"]["scans_per_min"], 2)
+        res["cpu_ratio"] = round(res["loop"]["cpu_s_per_scan"] / b["cpu_s_per_scan"], 2)
+        print(f"batch: {args.n} scans in {b['seconds']} s = {b['scans_per_min']} scans/min (after start-up "
+              f"{b['steady_scans_per_min']}), {b['cpu_s_per_scan']} CPU s/scan, peak {b['peak_pss_mb']} MB PSS "
+              f"({b['peak_rss_mb']} MB RSS); batch / per-call = {res['ratio']}x (CPU per scan: {res['cpu_ratio']}x)",
+              file=sys.stderr)
         res["memory"] = []
+        model = ["--model", random_model(work)] if args.mem_model == "random" else []
         for n in sizes:
-            m = batch(n, f"mem{n}")
+            paths = list(scans[:n])
+            if len(paths) < n:  # more scans than generated: hard links (distinct files to the batch)
+                (work / f"links{n}").mkdir()
+                for i in range(len(paths), n):
+                    link = work / f"links{n}" / f"l{i:05d}.nii.gz"
+                    os.link(scans[i % len(scans)], link)
+                    paths.append(link)
+            m = batch(paths, f"mem{n}", model)
             res["memory"].append(m)
-            print(f"memory: {n} scans -> peak {m['peak_rss_mb']} MB ({m['scans_per_min']} scans/min)", file=sys.stderr)
+            print(f"memory: {n} scans -> peak {m['peak_pss_mb']} MB PSS, {m['peak_rss_mb']} MB RSS "
+                  f"({m['scans_per_min']} scans/min)", file=sys.stderr)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     res["load_avg_after"] = os.getloadavg()[0]
