@@ -574,6 +574,8 @@ def _init_worker(card: dict, threads: int, parent: int | None = None) -> None:
 
         threading.Thread(target=watch, name="addiagnosis-parent-watch", daemon=True).start()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+    if hasattr(signal, "SIGTERM"):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a forked worker must not inherit the batch's handler
     import torch
 
     torch.set_num_threads(max(1, int(threads)))
@@ -703,15 +705,21 @@ class InlineExecutor:
         pass
 
 
-def _make_pool(workers: int, card: dict, threads: int):
+def _make_pool(workers: int, card: dict, threads: int, device: str = "cpu"):
+    """Worker processes. On Linux with the model on the CPU they are forked from this process once the model
+    card's preprocessing is warm (imports, template atlas): no start-up per worker, pages shared. With a GPU
+    in this process (fork after CUDA is unsafe) and elsewhere they start fresh (forkserver or spawn)."""
     if workers <= 0:
         return InlineExecutor(card, threads)
     import multiprocessing as mp
 
     methods = mp.get_all_start_methods()
-    ctx = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
-    if ctx.get_start_method() == "forkserver":
-        ctx.set_forkserver_preload(["addiagnosis.cohort", "addiagnosis.preprocess", "addiagnosis.volume"])
+    if sys.platform.startswith("linux") and str(device).startswith("cpu") and "fork" in methods:
+        ctx = mp.get_context("fork")
+    else:
+        ctx = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
+        if ctx.get_start_method() == "forkserver":
+            ctx.set_forkserver_preload(["addiagnosis.cohort", "addiagnosis.preprocess", "addiagnosis.volume"])
     return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
                                initargs=(card, threads, os.getpid()))
 
@@ -877,6 +885,7 @@ def run(scans: list[Scan], opts: Options, log=None) -> RunSummary:
     old_threads = torch.get_num_threads()
     torch.set_num_threads(max(1, int(opts.threads)))
     diagnoser = get_diagnoser(opts.model, opts.device)
+    dev = str(diagnoser.device)
     card = diagnoser.package.card
     classes = diagnoser.package.class_names
     method = diagnoser.resolve_method(opts.method)
@@ -959,7 +968,7 @@ def run(scans: list[Scan], opts: Options, log=None) -> RunSummary:
         ticker(done, failed)
 
     try:
-        pool = _make_pool(workers, card, 1) if todo else InlineExecutor(card, 1)
+        pool = _make_pool(workers, card, 1, dev) if todo else InlineExecutor(card, 1)
         queue = deque((s, 0) for s in todo)  # (scan, attempts)
         suspects: deque = deque()  # jobs in flight when a worker died: retried one at a time
         inflight: dict = {}  # future -> (kind, scan, tries, alone, job)
@@ -1025,7 +1034,7 @@ def run(scans: list[Scan], opts: Options, log=None) -> RunSummary:
                     kind, s, tries, alone, job = inflight.pop(fut)
                     suspects.append((kind, s, tries + 1, job))
                 _kill_pool(pool)
-                pool = _make_pool(workers, card, 1)
+                pool = _make_pool(workers, card, 1, dev)
                 state["broken"] = False
         ticker(done, failed, final=True)
     except KeyboardInterrupt:
