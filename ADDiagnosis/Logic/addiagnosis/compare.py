@@ -91,7 +91,8 @@ def compare(results: str | os.PathLike, by: str = "group", measure: str = "densi
         raise InputError("the results table has no regional columns: run 'addiagnosis batch --labels LABELMAP'",
                          table)
     done = [r for r in rows if r.get("status") == "ok" and r.get(by, "") != ""]
-    groups = sorted({r[by] for r in done})
+    stages = ["CN", "EMCI", "MCI", "LMCI", "AD"]  # known stages in order of severity, then the rest by name
+    groups = sorted({r[by] for r in done}, key=lambda g: (stages.index(g) if g in stages else len(stages), g))
     if not groups:
         raise InputError(f"no finished scans with a value in column {by!r}", table)
     lower = {g.lower(): g for g in groups}
