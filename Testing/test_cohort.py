@@ -332,3 +332,25 @@ def test_compare_shows_the_medial_temporal_gain(ad_cn_results, tmp_path, capsys)
     assert png.shape[0] > 300 and png.std() > 10
     page = (tmp_path / "cmp" / "report.html").read_text()
     assert "Research use only" in page and "mtl_left" in page and 'src="compare.png"' in page
+
+
+def test_per_scan_label_maps_from_the_table(tmp_path, capsys, tiny_package):
+    """A table's labels column: label maps on each scan's own grid (here: left and right half of the scan)."""
+    rows = ["subject\tgroup\tpath\tlabels"]
+    for i in range(2):
+        scan = small_scan(tmp_path / f"s{i}.nii.gz", 60 + i)
+        img = nib.load(str(scan))
+        lab = np.ones(img.shape, np.int16)
+        lab[img.shape[0] // 2:] = 2
+        nib.save(nib.Nifti1Image(lab, img.affine), str(tmp_path / f"s{i}_labels.nii.gz"))
+        rows.append(f"P{i}\tCN\ts{i}.nii.gz\ts{i}_labels.nii.gz")
+    (tmp_path / "cohort.tsv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "names.tsv").write_text("index\tname\n1\tfirst half\n2\tsecond half\n")
+    code, _, err = run_cli(capsys, CMD, tmp_path / "cohort.tsv", "--model", tiny_package, "--out", tmp_path / "res",
+                           "--label-names", tmp_path / "names.tsv", "--workers", "0", "--method", "lrp-alpha1beta0")
+    assert code == 0, err
+    for r in read_tsv(tmp_path / "res" / "results.tsv"):
+        first, second, outside = (float(r[c]) for c in ("sum_first_half", "sum_second_half", "sum_unlabelled"))
+        assert first + second + outside == pytest.approx(float(r["relevance_sum"]), rel=1e-5)
+        assert first > 0 and second > 0 and abs(outside) < 0.5 * (first + second)
+        assert float(r["density_first_half"]) > 0
