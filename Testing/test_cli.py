@@ -249,16 +249,16 @@ def test_batch_cohort_with_one_bad_scan(tmp_path, capsys, tiny_package):
     listing.write_text("sub-02.nii.gz\nsub-03.nii.gz\n")
     out = tmp_path / "cohort"
     code, stdout, err = run_cli(capsys, "batch", good1, "--list", listing, "--model", tiny_package, "--out", out,
-                                "--no-figures", "-q")
-    assert code == 2  # one scan failed: the cohort ran, the exit code says so
+                                "--save", "relevance,report", "--workers", "0", "-q")
+    assert code == 0  # one scan failed: the cohort ran, the failure is a row and counted (--strict: exit 2)
     assert err.count("addiagnosis: error:") == 1 and str(bad) in err
-    assert "2 of 3 scans diagnosed" in stdout and RESEARCH_USE in stdout
-    rows = list(csv.DictReader(open(out / "summary.tsv"), delimiter="\t"))
+    assert "2 of 3 scans diagnosed, 1 failed" in stdout and RESEARCH_USE in stdout
+    rows = list(csv.DictReader(open(out / "results.tsv"), delimiter="\t"))
     assert [r["status"] for r in rows] == ["ok", "ok", "error"]
-    assert sorted(p.name for p in out.iterdir()) == ["sub-01", "sub-02", "summary.tsv"]
+    assert sorted(p.name for p in (out / "scans").iterdir()) == ["sub-01", "sub-02"]
     for row in rows[:2]:
-        report = json.loads((out / row["output"] / "report.json").read_text())
-        assert row["predicted"] == report["predicted_class"]
+        report = json.loads((out / row["output"] / "report.json").read_text())["scan"]
+        assert row["predicted"] == report["predicted"]
         for c in CLASSES:
             assert float(row[f"p_{c}"]) == pytest.approx(report["probabilities"][c], abs=1e-6)
         assert (out / row["output"] / "relevance.nii.gz").is_file()

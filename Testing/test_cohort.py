@@ -21,7 +21,7 @@ from addiagnosis.errors import InputError
 
 from conftest import CLASSES, phantom
 
-CMD = "cohort"
+CMD = "batch"
 LOGIC = Path(__file__).resolve().parents[1] / "ADDiagnosis" / "Logic"
 
 
@@ -290,7 +290,7 @@ def ad_cn_results(tmp_path_factory):
     (root / "data" / "participants.tsv").write_text("\n".join(lines) + "\n")
     labels, names = synthetic_labelmap(root / "atlas")
     out = root / "res"
-    code = main(["cohort", str(root / "data"), "--out", str(out), "--labels", str(labels), "--target", "AD",
+    code = main(["batch", str(root / "data"), "--out", str(out), "--labels", str(labels), "--target", "AD",
                  "--workers", "2", "-q"])
     assert code == 0
     return out, labels, names

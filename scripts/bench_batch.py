@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BATCH = "cohort"  # the engine behind `addiagnosis batch`
+BATCH = "batch"
 LOGIC = ROOT / "ADDiagnosis" / "Logic"
 
 

@@ -1,4 +1,5 @@
-"""Command line: ``addiagnosis diagnose | batch | models | import-checkpoint`` (+ synth/train/evaluate).
+"""Command line: ``addiagnosis diagnose | batch | models | import-checkpoint`` (+ synth/train/evaluate; batch,
+merge, compare and labels come from :mod:`.cohort`).
 
 User errors print one line on stderr (``addiagnosis: error: FILE: problem``) and exit with code 2;
 nothing half-written is left behind.
@@ -8,9 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import io
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -109,97 +108,6 @@ def diagnose_scan(diagnoser, scan: Path, out, args, progress, t0: float) -> tupl
     return report, files
 
 
-def _read_scan_list(listing: str) -> list[Path]:
-    try:
-        raw = Path(listing).read_bytes()
-    except OSError as exc:
-        raise InputError(f"cannot read the scan list ({exc.strerror or exc})", listing) from None
-    base = Path(listing).parent
-    lines = (os.fsdecode(x.strip()) for x in raw.splitlines())  # any bytes: names need not be UTF-8
-    return [p if p.is_absolute() else base / p for p in (Path(x) for x in lines if x)]
-
-
-def _previous_batch_entries(out_root: Path) -> list[str]:
-    """The scan folders named by an earlier run's summary.tsv (the result set a new run replaces)."""
-    import csv
-
-    try:
-        text = (out_root / "summary.tsv").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return []
-    names = []
-    for row in csv.DictReader(io.StringIO(text, newline=""), delimiter="\t"):
-        name = row.get("output") or ""
-        if name and not name.startswith(".") and "/" not in name and "\\" not in name and (out_root / name).is_dir():
-            names.append(name)
-    return names
-
-
-def cmd_batch(args) -> int:
-    """Diagnose many scans in one process (model loaded once); one bad scan does not stop the cohort."""
-    import csv
-
-    from .engine import get_diagnoser
-    from .outputs import STAGING_PREFIX, OutputSet, unique_names
-
-    scans = [Path(p) for p in args.scans]
-    if args.list:
-        scans += _read_scan_list(args.list)
-    if not scans:
-        raise InputError("no scans given (list them, or give --list FILE with one path per line)")
-    out_root = Path(args.out)
-    previous = _previous_batch_entries(out_root)
-    with OutputSet(out_root, replaces=["summary.tsv", *previous]) as out:
-        diagnoser = get_diagnoser(args.model, args.device)
-        if args.target:
-            diagnoser.package.class_index(args.target)
-        names = diagnoser.package.class_names
-        # folder names: unique, and never one of the user's own entries in the output folder
-        own = {n for n in os.listdir(out_root) if n not in previous and not n.startswith(STAGING_PREFIX)}
-        keys = unique_names(scans, reserved={"summary.tsv", *own})
-        progress = Progress(False)
-        rows, failed = [], 0
-        t_all = time.perf_counter()
-        for n, (scan, key) in enumerate(zip(scans, keys), 1):
-            t0 = time.perf_counter()
-            try:
-                with out.entry(key) as folder:
-                    report, _ = diagnose_scan(diagnoser, scan, folder, args, progress, t0)
-            except Exception as exc:  # any failure of one scan (MemoryError included) is one row; the run goes on
-                failed += 1
-                problem = _problem(exc)
-                print(f"addiagnosis: error: {display_name(scan)}: {problem}", file=sys.stderr)
-                rows.append({"scan": display_name(scan), "output": "", "status": "error", "error": problem})
-                continue
-            rows.append({"scan": display_name(scan), "output": key, "status": "ok",
-                         "predicted": report["predicted_class"],
-                         **{f"p_{c}": f"{report['probabilities'][c]:.6f}" for c in names},
-                         "seconds": f"{report['timings_s']['total']:.3f}"})
-            if not args.quiet:
-                print(f"[{n}/{len(scans)}] {display_name(scan.name)}: {report['predicted_class']} "
-                      f"(p={report['probabilities'][report['predicted_class']]:.3f})", file=sys.stderr)
-        fields = ["scan", "output", "status", "predicted", *[f"p_{c}" for c in names], "seconds", "error"]
-        table = io.StringIO(newline="")
-        writer = csv.DictWriter(table, fieldnames=fields, delimiter="\t", restval="")
-        writer.writeheader()
-        writer.writerows(rows)
-        out.write_text("summary.tsv", table.getvalue())
-    print(f"{len(scans) - failed} of {len(scans)} scans diagnosed in {time.perf_counter() - t_all:.1f} s "
-          f"-> {display_name(out_root / 'summary.tsv')}")
-    print(RESEARCH_USE)
-    return EXIT_USER_ERROR if failed else 0
-
-
-def _problem(exc: BaseException) -> str:
-    """One line for a scan that failed: the user error's own text, else the exception's type and text."""
-    if isinstance(exc, AddiagnosisError):
-        return exc.problem
-    if isinstance(exc, MemoryError):
-        return "out of memory"
-    text = display_name(" ".join(str(exc).split()))[:200]
-    return f"unexpected error ({type(exc).__name__}{': ' + text if text else ''})"
-
-
 def summary_text(report: dict, files: dict) -> str:
     probs = report["probabilities"]
     width = max(len(k) for k in probs)
@@ -289,17 +197,6 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--progress", action="store_true", help="show progress even when stderr is not a terminal")
     d.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     d.set_defaults(func=cmd_diagnose)
-
-    b = sub.add_parser("batch", help="diagnose a cohort: one output folder per scan plus summary.tsv")
-    b.add_argument("scans", nargs="*", help=".nii/.nii.gz scans")
-    b.add_argument("--list", help="a text file with one scan path per line (relative to the file)")
-    _engine_options(b)
-    b.add_argument("--target", help="class to explain (default: each scan's predicted class)")
-    b.add_argument("--out", default="addiagnosis-batch", help="output folder (default ./addiagnosis-batch)")
-    b.add_argument("--views", action="store_true", help="also render Slicer's views for each scan")
-    b.add_argument("--no-figures", action="store_true", help="skip overview.png")
-    b.add_argument("-q", "--quiet", action="store_true", help="no per-scan lines")
-    b.set_defaults(func=cmd_batch)
 
     m = sub.add_parser("models", help="list installed model packages (where each is, which is the default, "
                                       "which shadows which)")

@@ -1330,17 +1330,18 @@ def cmd_labels(args) -> int:
     return 0
 
 
-def register_cli(subparsers, batch: bool = False) -> None:
-    """``cohort`` (the engine's own command until ``batch`` uses it), ``merge``, ``compare`` and ``labels``."""
+def register_cli(subparsers) -> None:
+    """``batch`` (this engine), ``merge``, ``compare`` and ``labels``."""
+    import argparse
+
     from .cli import _engine_options
 
-    names = ["cohort"] + (["batch"] if batch else [])
-    for name in names:
-        b = subparsers.add_parser(name, help="diagnose a cohort (folder, BIDS, table): one results table, "
-                                             "overlapped workers, resumable, shardable")
-        add_batch_arguments(b)
-        _engine_options(b)
-        b.set_defaults(func=run_cli)
+    b = subparsers.add_parser("batch", help="diagnose a cohort (scans, folder, BIDS, table): one results table, "
+                                            "worker processes, resumable, shardable")
+    add_batch_arguments(b)
+    _engine_options(b)
+    b.add_argument("--no-figures", action="store_true", help=argparse.SUPPRESS)  # old flag: figures are opt-in now
+    b.set_defaults(func=run_cli)
     m = subparsers.add_parser("merge", help="join the parts of a sharded batch into one results table")
     m.add_argument("out", help="the --out folder every shard wrote into")
     m.add_argument("--shards", type=int, help="number of shards (default: from run.json)")
