@@ -136,8 +136,8 @@ def cohort(data: Path, n: int, seed: int) -> list[Path]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--n", type=int, default=60, help="scans in the timed batch run (default 60)")
-    ap.add_argument("--loop", type=int, default=6, help="scans in the one-call-per-scan loop (default 6)")
+    ap.add_argument("--n", type=int, default=60, help="scans in the timed batch run (default 60; 0: skip)")
+    ap.add_argument("--loop", type=int, default=6, help="scans in the one-call-per-scan loop (default 6; 0: skip)")
     ap.add_argument("--mem", default="", help="cohort sizes for the memory check, e.g. 100,300 (default: none)")
     ap.add_argument("--mem-model", default="bundled", choices=["bundled", "random"],
                     help="model of the memory runs: bundled, or random (random weights, cheap physical "
@@ -156,14 +156,15 @@ def main(argv=None) -> int:
     workers = [] if args.workers is None else ["--workers", args.workers]
     res = {"cpu_cores": len(os.sched_getaffinity(0)), "load_avg_before": os.getloadavg()[0]}
     try:
-        loop = [timed(cli("diagnose", s, "--out", work / f"loop{i}", "--no-figures", "-q"))
-                for i, s in enumerate(scans[: args.loop])]
-        t_loop = sum(x["seconds"] for x in loop)
-        res["loop"] = {"scans": args.loop, "seconds": round(t_loop, 2),
-                       "scans_per_min": round(args.loop / t_loop * 60, 1),
-                       "cpu_s_per_scan": round(sum(x["cpu_s"] for x in loop) / args.loop, 2)}
-        print(f"one call per scan: {args.loop} scans in {t_loop:.1f} s = {res['loop']['scans_per_min']} scans/min, "
-              f"{res['loop']['cpu_s_per_scan']} CPU s/scan", file=sys.stderr)
+        if args.loop:
+            loop = [timed(cli("diagnose", s, "--out", work / f"loop{i}", "--no-figures", "-q"))
+                    for i, s in enumerate(scans[: args.loop])]
+            t_loop = sum(x["seconds"] for x in loop)
+            res["loop"] = {"scans": args.loop, "seconds": round(t_loop, 2),
+                           "scans_per_min": round(args.loop / t_loop * 60, 1),
+                           "cpu_s_per_scan": round(sum(x["cpu_s"] for x in loop) / args.loop, 2)}
+            print(f"one call per scan: {args.loop} scans in {t_loop:.1f} s = {res['loop']['scans_per_min']} "
+                  f"scans/min, {res['loop']['cpu_s_per_scan']} CPU s/scan", file=sys.stderr)
 
         def batch(paths: list[Path], tag: str, model: list) -> dict:
             listing = work / f"{tag}.txt"
@@ -176,14 +177,15 @@ def main(argv=None) -> int:
                     "cpu_s_per_scan": round(r["cpu_s"] / n, 2), "peak_rss_mb": round(r["rss"] / 2**20),
                     "peak_pss_mb": round(r["pss"] / 2**20)}
 
-        res["batch"] = batch(scans[: args.n], "batch", [])
-        b = res["batch"]
-        res["ratio"] = round(b["scans_per_min"] / res["loop"]["scans_per_min"], 2)
-        res["cpu_ratio"] = round(res["loop"]["cpu_s_per_scan"] / b["cpu_s_per_scan"], 2)
-        print(f"batch: {args.n} scans in {b['seconds']} s = {b['scans_per_min']} scans/min (after start-up "
-              f"{b['steady_scans_per_min']}), {b['cpu_s_per_scan']} CPU s/scan, peak {b['peak_pss_mb']} MB PSS "
-              f"({b['peak_rss_mb']} MB RSS); batch / per-call = {res['ratio']}x (CPU per scan: {res['cpu_ratio']}x)",
-              file=sys.stderr)
+        if args.n:
+            res["batch"] = b = batch(scans[: args.n], "batch", [])
+            print(f"batch: {args.n} scans in {b['seconds']} s = {b['scans_per_min']} scans/min (after start-up "
+                  f"{b['steady_scans_per_min']}), {b['cpu_s_per_scan']} CPU s/scan, peak {b['peak_pss_mb']} MB PSS "
+                  f"({b['peak_rss_mb']} MB RSS)", file=sys.stderr)
+        if args.n and args.loop:
+            res["ratio"] = round(b["scans_per_min"] / res["loop"]["scans_per_min"], 2)
+            res["cpu_ratio"] = round(res["loop"]["cpu_s_per_scan"] / b["cpu_s_per_scan"], 2)
+            print(f"batch / per-call = {res['ratio']}x (CPU per scan: {res['cpu_ratio']}x)", file=sys.stderr)
         res["memory"] = []
         model = ["--model", random_model(work)] if args.mem_model == "random" else []
         for n in sizes:
