@@ -131,7 +131,7 @@ def cohort(data: Path, n: int, seed: int) -> list[Path]:
         subprocess.run(cli("synth", "--n", n, "--out", data, "--seed", seed, "--prefix", "bench"), env=env(),
                        check=True, stdout=subprocess.DEVNULL)
         scans = sorted((data / "scans").glob("*.nii.gz"))
-    return scans[:n]
+    return scans  # at least n
 
 
 def main(argv=None) -> int:
@@ -150,7 +150,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     sizes = [int(s) for s in args.mem.split(",") if s.strip()]
     data = Path(args.data)
-    need = max([args.n, args.loop] + ([] if args.mem_model == "random" else sizes))
+    need = max([args.n, args.loop, 10] + ([] if args.mem_model == "random" else sizes))
     scans = cohort(data, need, args.seed)
     work = Path(tempfile.mkdtemp(prefix="addiagnosis-bench-"))
     workers = [] if args.workers is None else ["--workers", args.workers]
