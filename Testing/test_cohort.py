@@ -146,12 +146,16 @@ def test_bad_scans_are_rows_and_the_run_goes_on(tmp_path, capsys, folder, tiny_p
     (data / "corrupt.nii.gz").write_bytes(b"this is not an image at all")
     raw = (data / "good0.nii.gz").read_bytes()
     (data / "truncated.nii.gz").write_bytes(raw[: len(raw) // 2])
+    (data / os.fsdecode(b"caf\xe9\nname.nii.gz")).write_bytes(raw)  # not UTF-8, a newline: a good scan all the same
     out = tmp_path / "res"
     code, stdout, err = run_cli(capsys, CMD, data, "--model", tiny_package, "--out", out, "--workers", "2")
     assert code == 0, err  # failures are counted, not fatal
-    assert "3 of 5 scans diagnosed, 2 failed" in stdout
+    assert "4 of 6 scans diagnosed, 2 failed" in stdout
+    text = (out / "results.tsv").read_bytes().decode("utf-8")  # valid UTF-8 whatever the file names
+    assert len(text.splitlines()) == 7
     rows = {r["scan_id"]: r for r in read_tsv(out / "results.tsv")}
-    assert sorted(rows) == ["corrupt", "good0", "good1", "good2", "truncated"]
+    assert sorted(rows) == ["caf\\xe9\\nname", "corrupt", "good0", "good1", "good2", "truncated"]
+    assert rows["caf\\xe9\\nname"]["status"] == "ok"
     for bad in ("corrupt", "truncated"):
         assert rows[bad]["status"] == "error" and rows[bad]["error"] and "\n" not in rows[bad]["error"]
         assert f"{data / (bad + '.nii.gz')}:" in err
@@ -159,7 +163,7 @@ def test_bad_scans_are_rows_and_the_run_goes_on(tmp_path, capsys, folder, tiny_p
     assert err.count("addiagnosis: error:") == 2
     # --strict: the same (finished) run now exits 2, without redoing anything
     code, stdout, err = run_cli(capsys, CMD, data, "--model", tiny_package, "--out", out, "--strict")
-    assert code == 2 and "(5 already done)" in stdout
+    assert code == 2 and "(6 already done)" in stdout
     # another method in the same folder is refused in one line
     code, _, err = run_cli(capsys, CMD, data, "--model", tiny_package, "--out", out, "--method", "lrp-epsilon")
     assert code == 2 and err.count("\n") == 1 and "other settings" in err

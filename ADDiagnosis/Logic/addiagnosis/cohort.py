@@ -964,7 +964,7 @@ def run(scans: list[Scan], opts: Options, log=None) -> RunSummary:
         done += 1
         failed += rec["status"] != "ok"
         if rec["status"] != "ok":
-            log(f"addiagnosis: error: {rec['path']}: {rec['error']}")
+            log(f"addiagnosis: error: {display(rec['path'])}: {display(rec['error'])}")
         ticker(done, failed)
 
     try:
@@ -1135,13 +1135,21 @@ def _fmt(v) -> str:
     if isinstance(v, float):
         return "" if not math.isfinite(v) else f"{v:.6g}" if abs(v) >= 1e-4 or v == 0 else f"{v:.6e}"
     if isinstance(v, (list, tuple)):
-        return "; ".join(str(x) for x in v)
-    return " ".join(str(v).split())
+        return "; ".join(_fmt(x) for x in v)
+    return display(v)
+
+
+def display(v) -> str:
+    """Text safe in a one-line, UTF-8 table cell or message: file names that are not UTF-8 and control
+    characters (newlines in a file name) appear escaped."""
+    text = str(v).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() or c == " " else c.encode("unicode_escape").decode("ascii")
+                   for c in text)
 
 
 def row_for(skel: dict, rec: dict | None, columns: list[str], classes: list[str]) -> dict:
     row = {c: "" for c in columns}
-    row.update({k: skel.get(k, "") for k in ("scan_id", "subject", "session", "group", "path")})
+    row.update({k: display(skel.get(k, "")) for k in ("scan_id", "subject", "session", "group", "path")})
     fixed = set(BASE_COLUMNS + RESULT_COLUMNS + [f"p_{c}" for c in classes])
     for key, val in (skel.get("extra") or {}).items():
         name = carried_name(key, fixed)
