@@ -101,12 +101,14 @@ def _entity(text: str, key: str) -> str:
 
 
 def _find_column(header: list[str], wanted, explicit: str | None = None, what: str = "") -> str | None:
-    lower = {h.strip().lower(): h for h in header}
+    from .dataset import find_column
+
     if explicit:
-        if explicit.lower() not in lower:
+        col = find_column(header, (explicit.strip().lower(),))
+        if col is None:
             raise InputError(f"no {what} column {explicit!r}; the table has {', '.join(header)}")
-        return lower[explicit.lower()]
-    return next((lower[w] for w in wanted if w in lower), None)
+        return col
+    return find_column(header, wanted)
 
 
 def read_table_rows(path: Path) -> list[dict]:
@@ -631,12 +633,10 @@ def prepare_job(job: dict) -> dict:
 
 def map_to_input(rel_grid: np.ndarray, info: dict, in_shape) -> np.ndarray:
     """Relevance on the model grid -> the input grid, from the recorded transform (as ``Prepared.to_input``)."""
-    from .preprocess import resample
+    from .preprocess import resample_back
 
     if "grid_to_input_ijk" in info:
-        g2i = np.asarray(info["grid_to_input_ijk"], dtype=np.float64)
-        ratio = 1.0 / abs(float(np.linalg.det(g2i[:3, :3])))
-        return resample(np.asarray(rel_grid, np.float32), np.linalg.inv(g2i), tuple(in_shape)) * np.float32(ratio)
+        return resample_back(np.asarray(info["grid_to_input_ijk"], dtype=np.float64), in_shape)(rel_grid)
     if info.get("kind") == "seed-raw":
         rows, cols = info["reshape"][1:]
         full = np.zeros((int(info["slices_in_scan"]), rows, cols), np.float32)
@@ -1075,16 +1075,10 @@ def _model_step(diagnoser, method, target_idx, s: Scan, res: dict, rec: dict, re
 
     t0 = time.perf_counter()
     try:
-        x = torch.from_numpy(res["tensor"])[None, None]
-        cache = diagnoser.engine.forward(x)
-        logits = cache.logits[0].double().cpu()
-        probs = torch.softmax(logits, 0).numpy()
-        pred = int(np.argmax(probs))
-        tgt = pred if target_idx is None else target_idx
-        rel = diagnoser.engine.relevance(cache, tgt, method).float().cpu().numpy()
-        del cache
+        g = diagnoser.explain_tensor(torch.from_numpy(res["tensor"])[None, None], method, target_idx)
     except Exception as exc:
         return {**rec, "status": "error", "error": _one_line(exc)}, {}
+    probs, pred, tgt, rel = g.probabilities, g.predicted, g.target, g.relevance
     names = diagnoser.package.class_names
     reg = (res["info"].get("registration") or {})
     pos = float(np.clip(rel, 0, None).sum(dtype=np.float64))
