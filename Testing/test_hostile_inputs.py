@@ -117,30 +117,32 @@ def test_batch_collisions_each_scan_its_own_folder(tmp_path, capsys, tiny_packag
     for k, p in enumerate(scans):
         write(p, nifti_bytes(*small_scan(seed=k + 1)))
     out = src / "cohort"
-    code, stdout, err = run_cli(capsys, "batch", *scans, "--model", tiny_package, "--out", out, "--no-figures", "-q")
+    code, stdout, err = run_cli(capsys, "batch", *scans, "--model", tiny_package, "--out", out,
+                                "--save", "relevance,report", "--workers", "0", "-q")
     assert code == 0 and err == "", err
-    rows = list(csv.DictReader(open(out / "summary.tsv", encoding="utf-8"), delimiter="\t"))
-    assert [r["output"] for r in rows] == ["x-3", "x", "x-2", "_.."]
-    assert tree(out) == sorted(["summary.tsv"] + [f"{d}{f}" for d in ("x-3", "x", "x-2", "_..")
-                                                  for f in ("", "/relevance.nii.gz", "/report.json")])
-    for row, scan in zip(rows, scans):  # each folder holds its own scan's report
-        assert json.loads((out / row["output"] / "report.json").read_text())["input"]["source"] == str(scan)
+    rows = {r["path"]: r for r in csv.DictReader(open(out / "results.tsv", encoding="utf-8"), delimiter="\t")}
+    assert sorted(r["output"] for r in rows.values()) == ["scans/_..", "scans/x", "scans/x-3", "scans/x~2"]
+    for scan in scans:  # each folder holds its own scan's files
+        row = rows[str(scan)]
+        assert json.loads((out / row["output"] / "report.json").read_text())["scan"]["path"] == str(scan)
+        assert sorted(p.name for p in (out / row["output"]).iterdir()) == ["relevance.nii.gz", "report.json"]
     assert sorted(p.name for p in src.iterdir()) == sorted(["x-3.nii.gz", "x.nii.gz", "sub", "...nii.gz", "cohort"])
 
 
-def test_batch_keeps_the_users_own_entries_and_replaces_its_previous_set(tmp_path, capsys, tiny_package):
+def test_batch_keeps_the_users_own_entries(tmp_path, capsys, tiny_package):
     a = write(tmp_path / "a.nii.gz", nifti_bytes(*small_scan(1)))
     b = write(tmp_path / "notes.nii.gz", nifti_bytes(*small_scan(2)))
     out = tmp_path / "cohort"
     (out / "notes").mkdir(parents=True)
     (out / "notes" / "mine.txt").write_text("precious")
-    assert run_cli(capsys, "batch", a, b, "--model", tiny_package, "--out", out, "--no-figures", "-q")[0] == 0
-    assert tree(out) == ["a", "a/relevance.nii.gz", "a/report.json", "notes", "notes-2", "notes-2/relevance.nii.gz",
-                         "notes-2/report.json", "notes/mine.txt", "summary.tsv"]
-    # a second run with other scans replaces the previous set whole; the user's folder stays
-    assert run_cli(capsys, "batch", b, "--model", tiny_package, "--out", out, "--no-figures", "-q")[0] == 0
-    assert tree(out) == ["notes", "notes-2", "notes-2/relevance.nii.gz", "notes-2/report.json", "notes/mine.txt",
-                         "summary.tsv"]
+    args = ["--model", tiny_package, "--out", out, "--save", "relevance", "--workers", "0", "-q"]
+    assert run_cli(capsys, "batch", a, b, *args)[0] == 0
+    assert (out / "notes" / "mine.txt").read_text() == "precious"
+    assert sorted(p.name for p in (out / "scans").iterdir()) == ["a", "notes"]
+    # a second run with other scans: its table holds those scans; the user's folder stays
+    assert run_cli(capsys, "batch", b, *args)[0] == 0
+    rows = list(csv.DictReader(open(out / "results.tsv", encoding="utf-8"), delimiter="\t"))
+    assert [r["scan_id"] for r in rows] == ["notes"] and (out / "notes" / "mine.txt").read_text() == "precious"
 
 
 # ----------------------------------------------------------- class 4: refusals instead of misleading results
@@ -260,33 +262,38 @@ def test_batch_one_row_per_bad_scan_and_summary_always_written(tmp_path, capsys,
     boom = write(tmp_path / "boom.nii.gz", nifti_bytes(*small_scan(4)))
     import addiagnosis.engine as engine
 
-    original = engine.Diagnoser.run
+    original = engine.Diagnoser.explain_tensor
+    calls = []
 
-    def run(self, volume, *a, **k):  # an unexpected exception inside the engine for one scan
-        if volume.name == "boom":
+    def explain(self, *a, **k):  # an unexpected exception inside the engine for one scan (the third good one)
+        calls.append(1)
+        if len(calls) == 3:
             raise RuntimeError("kaboom\nsecond line")
-        return original(self, volume, *a, **k)
+        return original(self, *a, **k)
 
-    monkeypatch.setattr(engine.Diagnoser, "run", run)
+    monkeypatch.setattr(engine.Diagnoser, "explain_tensor", explain)
     scans = [p for p, _ in cases.values()] + [good, weird, boom]
     out = tmp_path / "cohort"
-    code, stdout, err = run_cli(capsys, "batch", *scans, "--model", tiny_package, "--out", out, "--no-figures", "-q")
-    assert code == 2
+    code, stdout, err = run_cli(capsys, "batch", *scans, "--model", tiny_package, "--out", out, "--save", "relevance",
+                                "--workers", "0", "-q")
+    assert code == 0  # failures are rows, counted in the summary line (--strict: exit 2)
     lines = err.splitlines()
     assert len(lines) == len(cases) + 1 and all(x.startswith("addiagnosis: error: ") for x in lines)
     assert "Traceback" not in err
-    assert f"{len(scans) - len(cases) - 1} of {len(scans)} scans diagnosed" in stdout and RESEARCH_USE in stdout
-    raw = (out / "summary.tsv").read_bytes()
+    assert f"{len(scans) - len(cases) - 1} of {len(scans)} scans diagnosed, {len(cases) + 1} failed" in stdout
+    assert RESEARCH_USE in stdout
+    raw = (out / "results.tsv").read_bytes()
     raw.decode("utf-8")  # valid UTF-8 whatever the file names
-    rows = list(csv.DictReader(io.StringIO(raw.decode("utf-8"), newline=""), delimiter="\t"))
+    rows = {r["path"]: r for r in csv.DictReader(io.StringIO(raw.decode("utf-8"), newline=""), delimiter="\t")}
     assert len(rows) == len(scans)
-    for (what, (_path, needle)), row in zip(cases.items(), rows):
+    for what, (path, needle) in cases.items():
+        row = rows[str(path)]
         assert row["status"] == "error" and needle in row["error"] and row["output"] == "", what
-    assert [r["status"] for r in rows[-3:]] == ["ok", "ok", "error"]
-    assert rows[-2]["scan"].endswith("caf\\xe9\\nname.nii.gz") and rows[-2]["output"] == "caf_xe9_nname"
-    assert rows[-1]["error"] == "unexpected error (RuntimeError: kaboom second line)"
-    assert tree(out) == ["caf_xe9_nname", "caf_xe9_nname/relevance.nii.gz", "caf_xe9_nname/report.json", "good",
-                         "good/relevance.nii.gz", "good/report.json", "summary.tsv"]
+    assert [rows[str(p)]["status"] for p in (good, boom)] == ["ok", "error"]
+    weird_row = rows[next(k for k in rows if k.endswith("caf\\xe9\\nname.nii.gz"))]
+    assert weird_row["status"] == "ok" and weird_row["output"] == "scans/caf_xe9_nname"
+    assert rows[str(boom)]["error"] == "unexpected error (RuntimeError: kaboom second line)"
+    assert sorted(p.name for p in (out / "scans").iterdir()) == ["caf_xe9_nname", "good"]
 
 
 def test_check_volume_covers_every_source():

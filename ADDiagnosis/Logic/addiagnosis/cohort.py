@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from . import RESEARCH_USE
-from .errors import AddiagnosisError, InputError, OutputError
+from .errors import AddiagnosisError, InputError, OutputError, display_name
 
 NIFTI_EXT = (".nii", ".nii.gz")
 PATH_COLUMNS = ("path", "scan", "file", "filename", "image", "t1", "t1w", "nifti")
@@ -250,8 +250,8 @@ def discover(inputs, path_column: str | None = None, group_column: str | None = 
                 scans += discover_table(ptsv, path_column, group_column)
             else:
                 scans += discover_folder(p, excl)
-        elif _is_nifti(p):
-            scans.append(Scan(p, _stem(p)))  # a missing file becomes an error row, the cohort goes on
+        elif p.name.endswith(NIFTI_EXT):  # named explicitly: hidden names too; a missing file is an error row
+            scans.append(Scan(p, _stem(p)))
         elif not p.exists():
             raise InputError(f"no such file or folder; expected {EXPECTED}", p)
         elif p.suffix.lower() in (".tsv", ".csv"):
@@ -273,19 +273,17 @@ def discover(inputs, path_column: str | None = None, group_column: str | None = 
 
 
 def _make_unique(scans: list[Scan]) -> None:
+    """Unique scan ids (``id~2`` for a repeat) and per-scan folder names (:func:`.outputs.unique_names`)."""
+    from .outputs import unique_names
+
     ids: dict[str, int] = {}
-    names: set[str] = set()
     for s in scans:
         n = ids.get(s.scan_id, 0)
         ids[s.scan_id] = n + 1
         if n:
             s.scan_id = f"{s.scan_id}~{n + 1}"
-        base = re.sub(r"[^A-Za-z0-9._-]+", "_", s.scan_id.replace("/", "__")).strip("._") or "scan"
-        name, k = base, 1
-        while name in names:
-            k += 1
-            name = f"{base}-{k}"
-        names.add(name)
+    names = unique_names([s.scan_id.replace("/", "__") for s in scans], stem=lambda p: p.name)
+    for s, name in zip(scans, names):
         s.name = name
 
 
@@ -595,7 +593,8 @@ def _one_line(exc: BaseException) -> str:
         return exc.problem
     if isinstance(exc, MemoryError):
         return "out of memory"
-    return f"unexpected {type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+    text = display_name(" ".join(str(exc).split()))[:200]
+    return f"unexpected error ({type(exc).__name__}{': ' + text if text else ''})"
 
 
 def prepare_job(job: dict) -> dict:
@@ -649,7 +648,8 @@ def finish_job(job: dict) -> dict:
     """Worker step: per-scan files (relevance on the input grid, report.json, overview.png), atomically."""
     from types import SimpleNamespace
 
-    from .report import AtomicOutputDir, overview_png
+    from .outputs import RESULT_FILES, OutputSet
+    from .report import overview_png
     from .volume import Volume, read_nifti, write_nifti
 
     t0 = time.perf_counter()
@@ -657,7 +657,7 @@ def finish_job(job: dict) -> dict:
     record = job["record"]
     try:
         files = {}
-        with AtomicOutputDir(job["folder"]) as out:
+        with OutputSet(job["folder"], replaces=RESULT_FILES) as out:
             rel = None
             if save & {"relevance", "overview"}:
                 rel = Volume(map_to_input(job["rel_grid"], job["info"], job["in_shape"]), job["ijk_to_ras"],
@@ -964,7 +964,7 @@ def run(scans: list[Scan], opts: Options, log=None) -> RunSummary:
         done += 1
         failed += rec["status"] != "ok"
         if rec["status"] != "ok":
-            log(f"addiagnosis: error: {display(rec['path'])}: {display(rec['error'])}")
+            log(f"addiagnosis: error: {display_name(rec['path'])}: {display_name(rec['error'])}")
         ticker(done, failed)
 
     try:
@@ -1130,20 +1130,12 @@ def _fmt(v) -> str:
         return "" if not math.isfinite(v) else f"{v:.6g}" if abs(v) >= 1e-4 or v == 0 else f"{v:.6e}"
     if isinstance(v, (list, tuple)):
         return "; ".join(_fmt(x) for x in v)
-    return display(v)
-
-
-def display(v) -> str:
-    """Text safe in a one-line, UTF-8 table cell or message: file names that are not UTF-8 and control
-    characters (newlines in a file name) appear escaped."""
-    text = str(v).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    return "".join(c if c.isprintable() or c == " " else c.encode("unicode_escape").decode("ascii")
-                   for c in text)
+    return display_name(v)
 
 
 def row_for(skel: dict, rec: dict | None, columns: list[str], classes: list[str]) -> dict:
     row = {c: "" for c in columns}
-    row.update({k: display(skel.get(k, "")) for k in ("scan_id", "subject", "session", "group", "path")})
+    row.update({k: display_name(skel.get(k, "")) for k in ("scan_id", "subject", "session", "group", "path")})
     fixed = set(BASE_COLUMNS + RESULT_COLUMNS + [f"p_{c}" for c in classes])
     for key, val in (skel.get("extra") or {}).items():
         name = carried_name(key, fixed)
