@@ -482,8 +482,18 @@ def test_ctrl_c_during_start_up_is_one_line(tmp_path, tiny_package):
     scan = write(tmp_path / "s.nii.gz", nifti_bytes(*small_scan()))
     proc = subprocess.Popen([sys.executable, "-m", "addiagnosis.cli", "diagnose", str(scan), "--model",
                              str(tiny_package), "--out", str(tmp_path / "o")],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env())
-    time.sleep(0.4)  # the interpreter is up; torch is still being imported
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env(),
+                            # a shell without job control starts background jobs with SIGINT ignored (e.g. CI)
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    maps = Path(f"/proc/{proc.pid}/maps")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:  # wait until torch is being imported
+        try:
+            if "torch" in maps.read_text():
+                break
+        except OSError:
+            break
+        time.sleep(0.02)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode in (130, 2), err

@@ -72,7 +72,8 @@ def test_smoke_training_lowers_loss_and_resumes(folder_data, tmp_path):
     card = train.train(folder_data, out, epochs=4, **kw)
     assert card["split"]["unit"] == "subject" and card["split"]["subjects"]["train"] == 12
     assert set(card["metrics"]) == {"val", "test"}
-    assert "explanation" not in card  # physical preprocessing has no healthy reference: plain LRP by default
+    # the stable default method; physical preprocessing has no healthy reference, so no lrp-reference alternative
+    assert card["explanation"] == {"method": "lrp-alpha1beta0"}
     pkg = find_package(str(out))
     items = dataset.load_items(folder_data)
     files = train.preprocess_all(items, {"preprocessing": PHYSICAL,

@@ -218,8 +218,10 @@ def test_web_app_in_browser(server, cli_reference, browser, tmp_path):
         rel = nib.load(path)
         assert rel.shape == example.shape
         np.testing.assert_allclose(rel.affine, example.affine, atol=1e-5)
-        np.testing.assert_allclose(rel.get_fdata(), cli_rel.get_fdata(), rtol=1e-4, atol=1e-6 * np.abs(
-            cli_rel.get_fdata()).max())
+        # same numbers up to float32 summation order (the server and the CLI may run different thread counts)
+        web_map, cli_map = rel.get_fdata(), cli_rel.get_fdata()
+        assert np.linalg.norm(web_map - cli_map) <= 1e-5 * np.linalg.norm(cli_map)
+        np.testing.assert_allclose(web_map, cli_map, rtol=1e-3, atol=1e-4 * np.abs(cli_map).max())
         rep = a.request.get(url + "download/report.json").json()
         assert rep["predicted_class"] == report["predicted_class"]
         assert rep["research_use"] == RESEARCH_USE
