@@ -111,18 +111,10 @@ class Session:
         s.progress = 0
         s.stage = ""
         s.message = ""
-        s.has_result = False
-        s.predicted = ""
-        s.predicted_p = ""
-        s.result_text = ""
-        s.probs = []
-        s.notice = ""
-        s.warnings = []
-        s.downloads_ready = False
+        self._reset_result()
         s.download_stamp = 0
         s.opacity = 0.6
         s.top_percent = 5.0
-        s.seconds = ""
         for key, _ in VIEW_KEYS:
             s[f"slice_{key}"] = 0.0
             s[f"slice_{key}_min"] = 0.0
@@ -241,14 +233,10 @@ class Session:
     def _reset_result(self) -> None:
         s = self.state
         s.has_result = False
-        s.predicted = ""
-        s.predicted_p = ""
-        s.result_text = ""
+        s.predicted = s.predicted_p = s.result_text = s.notice = s.seconds = ""
         s.probs = []
-        s.notice = ""
         s.warnings = []
         s.downloads_ready = False
-        s.seconds = ""
         self.result = None
         import shutil
 
