@@ -19,6 +19,8 @@ $(STAMP): pyproject.toml requirements-test.txt
 
 lint: venv
 	$(BIN)/ruff check .
+	# the module and the engine also run inside Slicer 5.8's Python 3.9
+	$(BIN)/vermin -q -t=3.9- --violations --no-tips --eval-annotations ADDiagnosis/ADDiagnosis.py ADDiagnosis/Logic/addiagnosis
 
 test: venv lint
 	$(BIN)/python -m pytest
