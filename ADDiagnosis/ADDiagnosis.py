@@ -37,9 +37,6 @@ from addiagnosis import card as _card  # noqa: E402 - torch-free: names, methods
 RESEARCH_USE = _card.RESEARCH_USE
 METHODS = list(_card.METHOD_CHOICES)  # "auto": the card's recommended method (lrp-alpha1beta0 for the bundled model)
 TORCH_REQUIREMENT = ">=2.1"
-# Parameters whose choices are only known at run time (installed models, the model's classes): a QComboBox can
-# only be bound with connectGui to a fixed Choice, so these two are kept in sync by the widget itself.
-MANUALLY_SYNCED = {"model": "modelSelector", "targetClass": "targetSelector"}
 # Asked for (once, with a confirmation) only where missing; the worker reads voxels from .npy, not files, so nibabel
 # is not needed inside Slicer. Never numpy/SimpleITK/torch from PyPI (torch comes through PyTorchUtils).
 PIP_PACKAGES = {"scipy": "scipy>=1.10"}
@@ -244,7 +241,10 @@ class ADDiagnosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._checkCanApply()
 
     def _syncManualParameters(self):
-        """model / targetClass: select the saved ones if still available, else save what is shown."""
+        """model / targetClass: select the saved ones if still available, else save what is shown.
+
+        Their choices are only known at run time (installed models, the model's classes) and connectGui binds a
+        QComboBox only to a fixed Choice, so the widget keeps these two in sync itself."""
         p = self._parameterNode
         if p.model and self.ui.modelSelector.findText(p.model) >= 0:
             self.ui.modelSelector.setCurrentText(p.model)
@@ -551,10 +551,8 @@ class ADDiagnosisLogic(ScriptedLoadableModuleLogic):
         """Blocking: diagnose ``inputNode`` (in the worker process) and push the results into the scene.
 
         ``model``: a package name, folder or ModelPackage (None: the default). Returns (result, outputs)."""
-        import time
-
         start = time.time()
-        self.ensureDependencies(model=None if hasattr(model, "path") else model)
+        self.ensureDependencies(model=str(model.path) if hasattr(model, "path") else model)
         job = self.start(inputNode, model, method, target, device)
         if timeout is not None:
             job.time_limit = float(timeout)

@@ -501,10 +501,6 @@ def search_path() -> list[tuple[Path, str]]:
     return env + [(user_dir(), "user"), (BUNDLED_DIR, "bundled")]
 
 
-def search_dirs() -> list[Path]:
-    return [d for d, _ in search_path()]
-
-
 _WARNED: set = set()
 
 

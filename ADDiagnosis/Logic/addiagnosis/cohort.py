@@ -482,7 +482,7 @@ def load_regions(card: dict, labels: str | None, names: str | None, per_scan: bo
         if names_path is None:
             raise InputError("per-scan label maps need --label-names (a TSV with index and name columns)")
         return Regions(read_label_names(names_path), None, voxel_ml)
-    from .package import sha256_file
+    from .card import sha256_file
 
     lpath = Path(labels)
     if not lpath.is_file():
@@ -599,7 +599,7 @@ def _one_line(exc: BaseException) -> str:
 
 def prepare_job(job: dict) -> dict:
     """Worker step: hash, read, validate and preprocess one scan (everything picklable comes back)."""
-    from .package import sha256_file
+    from .card import sha256_file
     from .preprocess import prepare
     from .volume import read_nifti
 
@@ -908,12 +908,15 @@ def run(scans: list[Scan], opts: Options, log=None) -> RunSummary:
     by_id = {r["scan_id"]: r for r in records}
     journal = Journal(pdir / JOURNAL).open()
     todo, skipped = [], 0
-    from .package import sha256_file
+    from .card import sha256_file
 
     for s in mine:
         rec = by_stat.get(_stat_key(s.path) or "")
         if rec is None and records and s.path.is_file():
-            rec = by_sha.get(sha256_file(s.path))
+            try:
+                rec = by_sha.get(sha256_file(s.path))
+            except OSError:  # unreadable now: it is run again and becomes a row with its one-line error
+                rec = None
         if rec is not None and (rec.get("status") == "ok" or not opts.retry_errors):
             skipped += 1
             if by_id.get(s.scan_id) is not rec:  # the same content under this scan's name: no recomputation

@@ -136,15 +136,6 @@ class OutputSet(_Folder):
             shutil.rmtree(path, ignore_errors=True)
             raise
 
-    def discard(self, name: str) -> None:
-        """Drop a staged entry (file or folder)."""
-        path = self.path(name)
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-
     # ----------------------------------------------------------------------------------------- exit
     def __exit__(self, exc_type, exc, tb):
         if exc_type is None:

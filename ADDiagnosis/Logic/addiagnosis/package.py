@@ -27,7 +27,6 @@ from .card import (  # noqa: F401  (re-exported: the package API of earlier vers
     ModelCard,
     PackageInfo,
     read_card,
-    search_dirs,
     sha256_file,
     user_dir,
 )

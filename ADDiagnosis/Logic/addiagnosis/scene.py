@@ -588,8 +588,8 @@ def set_top_percent(relevance_node, top_percent: float) -> float:
     return lower
 
 
-# Moved names, still importable from here (the Slicer module and the web app are adopting the new homes):
-# resolved on first use, so neither module is imported by this one at import time.
+# Moved names, still importable from here for users' scripts written against the old scene bridge (the module
+# and the web app import them from their homes): resolved on first use, so neither is imported at import time.
 _MOVED = {"region_summary": "regions", "SlicerRuntime": "runtime"}
 
 

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 
-from . import checks
 from .checks import check_nifti_header, check_values
 from .errors import InputError, OutputError
 
@@ -184,10 +183,6 @@ def _read_data(stream, facts: dict, consumed: int, path) -> bytearray:
         pos += len(chunk)
     return buf
 
-
-def check_shape(shape, path=None):
-    """Kept for callers of the old name: see :func:`addiagnosis.checks.check_shape`."""
-    return checks.check_shape(shape, path)
 
 
 def write_nifti(volume: Volume, path: str | os.PathLike, description: str = "ADDiagnosis",

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import RESEARCH_USE
+from .checks import check_volume  # the one input check (the module calls it from here too)
 from .volume import Volume
 
 TIME_LIMIT_S = 600.0  # a diagnosis that has not finished by then is killed (registration can never hang)
@@ -151,24 +152,6 @@ def peak_rss_mb() -> float | None:
         return round(kb / (1024.0 * 1024.0) if sys.platform == "darwin" else kb / 1024.0, 1)
     except Exception:
         return None
-
-
-def check_volume(volume: Volume) -> None:
-    """The one input check every front end makes (the engine's, else the CLI's file checks), before any work."""
-    try:
-        from . import checks
-    except ImportError:
-        checks = None
-    for name in ("check_volume", "validate_volume", "check_image", "validate"):
-        fn = getattr(checks, name, None)
-        if callable(fn):
-            fn(volume)
-            return
-    from .volume import check_array, check_shape
-
-    check_shape(tuple(volume.array.shape))
-    arr = np.asarray(volume.array)
-    check_array(arr, volume.name, raw_integer=arr if arr.dtype.kind in "iu" else None)
 
 
 # ------------------------------------------------------------------------------------------ caller side

@@ -587,8 +587,9 @@ def main(argv: list[str] | None = None) -> int:
 
     @server.controller.add("on_server_ready")
     def _ready(**_):
-        asyncio.ensure_future(asyncio.to_thread(session.warm_up))
-        asyncio.ensure_future(_watch_parent(parent))
+        # asyncio keeps only weak references to tasks: hold them for the session's life
+        session.tasks = [asyncio.ensure_future(asyncio.to_thread(session.warm_up)),
+                         asyncio.ensure_future(_watch_parent(parent))]
 
     try:
         server.start(host="127.0.0.1", port=args.port, open_browser=False, show_connection_info=False, timeout=0,
