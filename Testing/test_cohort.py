@@ -108,6 +108,19 @@ def test_shard_parsing():
             parse_shard(bad, {})
 
 
+def test_per_scan_label_maps_refused_for_a_model_without_geometry(tmp_path):
+    """seed-raw reshapes raw voxels: a per-scan label map cannot be taken onto its grid, so it is refused up front."""
+    from addiagnosis.cohort import load_regions
+
+    names = tmp_path / "names.tsv"
+    names.write_text("index\tname\n1\thippocampus\n")
+    card = {"input_grid": {"shape": [160, 256, 256], "spacing": [1, 1, 1]}, "preprocessing": {"kind": "seed-raw"}}
+    with pytest.raises(InputError, match="seed-raw"):
+        load_regions(card, None, str(names), per_scan=True)
+    card["preprocessing"]["kind"] = "physical"
+    assert load_regions(card, None, str(names), per_scan=True).names == ["hippocampus"]
+
+
 def test_bids_run_carries_participants_and_matches_the_engine(tmp_path, capsys, tiny_package):
     from addiagnosis.engine import Diagnoser
     from addiagnosis.volume import read_nifti

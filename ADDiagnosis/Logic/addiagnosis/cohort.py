@@ -479,6 +479,10 @@ def load_regions(card: dict, labels: str | None, names: str | None, per_scan: bo
     voxel_ml = float(np.prod([float(s) for s in spacing])) / 1000.0
     names_path = Path(names) if names else None
     if not labels:
+        kind = (card.get("preprocessing") or {}).get("kind")
+        if kind == "seed-raw":  # raw voxels reshaped: no geometric map from the model grid onto a scan
+            raise InputError("per-scan label maps need a model whose grid maps onto the scan (physical or template "
+                             "preprocessing); this model's seed-raw preprocessing reshapes raw voxels")
         if names_path is None:
             raise InputError("per-scan label maps need --label-names (a TSV with index and name columns)")
         return Regions(read_label_names(names_path), None, voxel_ml)
@@ -620,6 +624,8 @@ def prepare_job(job: dict) -> dict:
                    t_read=t1 - t0, t_prepare=t2 - t1)
         if job.get("labels"):
             data, aff = read_labelmap(Path(job["labels"]))
+            if "grid_to_input_ijk" not in prep.info:
+                raise InputError("this model's preprocessing gives no map onto the scan for its label map")
             g2i = np.asarray(prep.info["grid_to_input_ijk"])
             res["labels_grid"] = labels_onto(data, np.linalg.inv(aff) @ vol.ijk_to_ras @ g2i, res["tensor"].shape)
     except BaseException as exc:  # noqa: B902 - one bad scan is a row, never the end of the run
