@@ -638,15 +638,12 @@ def prepare_job(job: dict) -> dict:
 
 def map_to_input(rel_grid: np.ndarray, info: dict, in_shape) -> np.ndarray:
     """Relevance on the model grid -> the input grid, from the recorded transform (as ``Prepared.to_input``)."""
-    from .preprocess import resample_back
+    from .preprocess import resample_back, seed_raw_back
 
     if "grid_to_input_ijk" in info:
         return resample_back(np.asarray(info["grid_to_input_ijk"], dtype=np.float64), in_shape)(rel_grid)
     if info.get("kind") == "seed-raw":
-        rows, cols = info["reshape"][1:]
-        full = np.zeros((int(info["slices_in_scan"]), rows, cols), np.float32)
-        full[: rel_grid.shape[0]] = rel_grid
-        return full.reshape(tuple(in_shape))
+        return seed_raw_back(info["slices_in_scan"], info["reshape"][1:], in_shape)(rel_grid)
     raise AddiagnosisError(f"cannot map relevance back for preprocessing {info.get('kind')!r}")
 
 

@@ -52,16 +52,22 @@ def seed_raw(volume: Volume, spec: dict, grid: dict) -> Prepared:
     stack = np.ascontiguousarray(data.reshape(-1, rows, cols)[:depth], dtype=np.float32)
     tensor = torch.from_numpy(stack).reshape(1, 1, depth, rows, cols)
     n_slices = data.size // plane
-    shape = volume.shape
-
-    def to_input(rel: np.ndarray) -> np.ndarray:
-        full = np.zeros((n_slices, rows, cols), dtype=np.float32)
-        full[:depth] = rel
-        return full.reshape(shape)
-
+    to_input = seed_raw_back(n_slices, (rows, cols), volume.shape)
     info = {"kind": "seed-raw", "reshape": [-1, rows, cols], "slices_used": [0, depth],
             "slices_in_scan": n_slices, "normalisation": None, "reorientation": None}
     return Prepared(tensor, to_input, info)
+
+
+def seed_raw_back(n_slices: int, plane, shape) -> Callable[[np.ndarray], np.ndarray]:
+    """The inverse reshape of seed-raw: relevance of the first slices back onto the scan; unseen slices get 0."""
+    rows, cols = (int(s) for s in plane)
+
+    def to_input(rel: np.ndarray) -> np.ndarray:
+        full = np.zeros((int(n_slices), rows, cols), dtype=np.float32)
+        full[: rel.shape[0]] = rel
+        return full.reshape(tuple(shape))
+
+    return to_input
 
 
 # ---------------------------------------------------------------------------------------- physical
