@@ -218,9 +218,10 @@ def test_web_app_in_browser(server, cli_reference, browser, tmp_path):
         rel = nib.load(path)
         assert rel.shape == example.shape
         np.testing.assert_allclose(rel.affine, example.affine, atol=1e-5)
-        # same numbers up to float32 summation order (the server and the CLI may run different thread counts)
+        # same numbers up to float32 summation order: the server and the CLI may run different thread counts,
+        # which reorders the sums in registration and convolution (CI measured 1.03e-5 relative; a wrong map is O(1))
         web_map, cli_map = rel.get_fdata(), cli_rel.get_fdata()
-        assert np.linalg.norm(web_map - cli_map) <= 1e-5 * np.linalg.norm(cli_map)
+        assert np.linalg.norm(web_map - cli_map) <= 1e-4 * np.linalg.norm(cli_map)
         np.testing.assert_allclose(web_map, cli_map, rtol=1e-3, atol=1e-4 * np.abs(cli_map).max())
         rep = a.request.get(url + "download/report.json").json()
         assert rep["predicted_class"] == report["predicted_class"]
