@@ -60,6 +60,21 @@ def test_explanation_metrics_known_answers():
     assert metrics.spearman(a, a ** 3) == pytest.approx(1.0)
 
 
+def test_severity_trend_known_answers():
+    classes = ["CN", "EMCI", "MCI", "LMCI", "AD"]
+    sev = [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5]
+    late = np.linspace(0.0, 0.9, 8)  # P(LMCI) + P(AD) grows with severity
+    probs = np.stack([np.r_[1 - v, 0, 0, v / 2, v / 2] for v in late])
+    t = metrics.severity_trend(sev, probs, classes)
+    assert t["classes"] == ["LMCI", "AD"] and t["n"] == 8 and t["rising"]
+    assert t["spearman_rho"] == pytest.approx(1.0)
+    assert t["mean_by_severity_quantile"] == pytest.approx([0.0643, 0.3214, 0.5786, 0.8357], abs=1e-4)
+    t = metrics.severity_trend(sev[::-1], probs, classes)  # falls with severity
+    assert t["spearman_rho"] == pytest.approx(-1.0) and not t["rising"]
+    t = metrics.severity_trend([None] * 4 + sev[4:], probs, classes)  # severities unknown for half: too few
+    assert t is None
+
+
 def test_evaluate_end_to_end(tmp_path):
     grid = [80, 80, 80]
     card = {"name": "tiny", "version": "0", "class_names": ["CN", "EMCI", "MCI", "LMCI", "AD"],
@@ -70,7 +85,7 @@ def test_evaluate_end_to_end(tmp_path):
 
     torch.manual_seed(0)
     pkg = write_package(tmp_path / "pkg", ClassificationModel3D(grid, 5).state_dict(), card)
-    rows = ["participant_id\tclass\tscan\tmask"]
+    rows = ["participant_id\tclass\tscan\tmask\tseverity"]
     rng = np.random.default_rng(1)
     for i, c in enumerate(["CN", "AD", "AD"]):
         a = rng.normal(0.1, 0.02, (24, 24, 24)).astype(np.float32)
@@ -79,7 +94,7 @@ def test_evaluate_end_to_end(tmp_path):
         m[8:16, 8:16, 8:16] = 1
         nib.save(nib.Nifti1Image(a, np.diag([4.0, 4.0, 4.0, 1.0])), str(tmp_path / f"s{i}.nii.gz"))
         nib.save(nib.Nifti1Image(m, np.diag([4.0, 4.0, 4.0, 1.0])), str(tmp_path / f"s{i}_mask.nii.gz"))
-        rows.append(f"s{i}\t{c}\ts{i}.nii.gz\ts{i}_mask.nii.gz")
+        rows.append(f"s{i}\t{c}\ts{i}.nii.gz\ts{i}_mask.nii.gz\t{i}")
     (tmp_path / "participants.tsv").write_text("\n".join(rows) + "\n")
     res = evaluate.evaluate(pkg, tmp_path, tmp_path / "eval", randomisation_n=2, log=lambda m: None)
     assert res["n_scans"] == 3
@@ -88,6 +103,9 @@ def test_evaluate_end_to_end(tmp_path):
     for f in ("metrics.json", "subjects.tsv", "confusion.png", "report.html", "example.png"):
         assert (tmp_path / "eval" / f).exists(), f
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["package"] == "tiny"
+    assert res["severity_trend"] is None  # 3 scans with a severity: too few for a trend
+    assert (tmp_path / "eval" / "subjects.tsv").read_text().splitlines()[0].split("\t")[:3] == [
+        "subject", "class", "severity"]
 
 
 def test_grid_step_is_the_diagnosis_before_map_back(tmp_path):

@@ -5,7 +5,8 @@ Torch-free (csv, numpy, pathlib): training, evaluation and (later) the cohort pi
 A dataset is one of (:func:`discover` tries them in this order):
 - a TSV/CSV table with a subject id column (``participant_id``/``subject``/``subject_id``/``id``/``rid``/
   ``ptid``), a label column (``class``/``label``/``diagnosis``/``group``/``dx``), optionally a scan path
-  column (``scan``/``path``/``file``/``image``) and a ground-truth mask column (``mask``/``atrophy_mask``);
+  column (``scan``/``path``/``file``/``image``), a ground-truth mask column (``mask``/``atrophy_mask``) and
+  a numeric disease severity (``severity``, as ``synth`` writes it; evaluation reports the trend against it);
   relative paths are relative to the table's folder; a row without a scan path finds its scan with
   :func:`scan_candidates`;
 - a folder holding such a table as ``participants.tsv`` (as ``addiagnosis synth`` writes it, and as BIDS
@@ -31,6 +32,7 @@ ID_COLS = ("participant_id", "subject", "subject_id", "id", "rid", "ptid")
 LABEL_COLS = ("class", "label", "diagnosis", "group", "dx")
 SCAN_COLS = ("scan", "path", "file", "image")
 MASK_COLS = ("mask", "atrophy_mask")
+SEVERITY_COL = "severity"
 ADNI_ID = re.compile(r"\d{3}_S_\d{4}")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 TABLE_NAME = "participants.tsv"
@@ -38,12 +40,13 @@ TABLE_NAME = "participants.tsv"
 
 @dataclass
 class Item:
-    """One labelled scan: subject id, class label, scan path and (synthetic data) ground-truth mask."""
+    """One labelled scan: subject id, class label, scan path and (synthetic data) ground-truth mask and severity."""
 
     subject: str
     label: str
     path: Path
     mask: Path | None = None
+    severity: float | None = None
 
 
 def canonical_label(label: str) -> str | None:
@@ -95,8 +98,16 @@ def read_table(path: Path) -> list[Item]:
             cands = scan_candidates(base, s)
             p = next((c for c in cands if c.exists()), cands[0])
         m = _resolve(base, r[mask]) if mask and r.get(mask) else None
-        items.append(Item(s, str(r[lab]).strip(), p, m))
+        items.append(Item(s, str(r[lab]).strip(), p, m, _number(r.get(SEVERITY_COL))))
     return items
+
+
+def _number(text) -> float | None:
+    try:
+        v = float(text)
+    except (TypeError, ValueError):
+        return None
+    return v if np.isfinite(v) else None
 
 
 # ------------------------------------------------------------------------------------------ folders

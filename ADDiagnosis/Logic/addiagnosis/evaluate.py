@@ -35,6 +35,7 @@ from .metrics import (
     pointing_game,
     relevance_mass_accuracy,
     relevance_rank_accuracy,
+    severity_trend,
     share_inside,
     spearman,
 )
@@ -125,6 +126,7 @@ def evaluate(package, data, out=None, method: str | None = "auto", target: str =
     corr = [r["registration_correlation"] for r in rows if r.get("registration_correlation") is not None]
     result = {"package": pkg.name, "package_version": pkg.version, "data": str(data), "n_scans": len(rows),
               "classification": classification_report(np.array(probs), np.array(ys), classes),
+              "severity_trend": severity_trend([it.severity for it in items], probs, classes),
               "explanation": explanation_summary(rows, classes, method, target, rand),
               "registration": {"median_correlation": _median(corr), "min_correlation": min(corr, default=None)},
               "seconds": round(time.time() - t0, 1)}
@@ -143,7 +145,7 @@ def scan_row(it: Item, vol, g, rel: np.ndarray, classes: list[str]) -> tuple[dic
     """One line of subjects.tsv for a scan explained as ``g`` (relevance ``rel`` on its grid); its mask, if any."""
     p = g.probabilities
     y = classes.index(it.label)
-    row = {"subject": it.subject, "class": it.label, "predicted": classes[g.predicted],
+    row = {"subject": it.subject, "class": it.label, "severity": it.severity, "predicted": classes[g.predicted],
            "p_true": float(p[y]), "target": classes[g.target],
            "registration_correlation": (g.prepared.info.get("registration") or {}).get("correlation")}
     for c, v in zip(classes, p):
@@ -268,6 +270,7 @@ def write_report(result: dict, rows: list[dict], out: Path, classes: list[str], 
 CN vs AD balanced accuracy {_f(clf.get('cn_vs_ad_balanced_accuracy'))},
 expected calibration error {_f(clf['expected_calibration_error'])}</p>
 <table><tr><th>class</th><th>recall</th></tr>{recall}</table>
+{_trend_html(result.get("severity_trend"))}
 <img src="confusion.png" alt="confusion matrix">
 <h2>Explanations ({html.escape(expl['method'])}, target: {html.escape(expl['target'])} class)</h2>
 <table><tr><th>class</th><th>n</th><th>median mass accuracy</th><th>median rank accuracy</th>
@@ -278,6 +281,15 @@ expected calibration error {_f(clf['expected_calibration_error'])}</p>
 </body></html>
 """
     (out / "report.html").write_text(page)
+
+
+def _trend_html(trend) -> str:
+    if not trend:
+        return ""
+    means = ", ".join(f"{v:.2f}" for v in trend["mean_by_severity_quantile"])
+    return (f"<p>P({html.escape(' + P('.join(trend['classes']))}) against disease severity: Spearman rho "
+            f"{trend['spearman_rho']:.2f}; mean by severity quartile (lowest first) {means}"
+            f"{'' if trend['rising'] else ' (not rising throughout)'}.</p>")
 
 
 def _f(v):
@@ -359,7 +371,8 @@ def summary(result: dict) -> dict:
             f"explanation_{last}": pc_last,
             "explanation_by_stage_median_mass_accuracy": {c: v.get("median_mass_accuracy")
                                                           for c, v in expl["per_class"].items()},
-            "randomisation": rand}
+            "randomisation": rand, "severity_trend": result.get("severity_trend"),
+            **({"stability": expl["stability"]} if expl.get("stability") else {})}
 
 
 def run(args) -> int:

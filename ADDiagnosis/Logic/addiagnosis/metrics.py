@@ -81,6 +81,26 @@ def classification_report(probs, y_true, class_names: list[str]) -> dict:
     return out
 
 
+def severity_trend(severity, probs, class_names: list[str], bins: int = 4) -> dict | None:
+    """Does the late-stage probability (the last two classes, e.g. P(LMCI) + P(AD)) rise with disease severity?
+
+    Spearman's rho over scans with a known severity, and the mean late-stage probability per severity
+    quantile bin (lowest first); ``rising``: every bin's mean at least the previous one's. None without
+    severities (fewer than ``2 * bins`` scans with one)."""
+    from scipy.stats import spearmanr
+
+    sev = np.array([np.nan if v is None else v for v in severity], dtype=np.float64)
+    late = np.asarray(probs, dtype=np.float64).reshape(len(sev), len(class_names))[:, -2:].sum(1)
+    ok = np.isfinite(sev)
+    if ok.sum() < 2 * bins:
+        return None
+    sev, late = sev[ok], late[ok]
+    order = np.argsort(sev, kind="stable")
+    means = [float(late[chunk].mean()) for chunk in np.array_split(order, bins)]
+    return {"n": int(ok.sum()), "classes": list(class_names[-2:]), "spearman_rho": float(spearmanr(sev, late)[0]),
+            "mean_by_severity_quantile": means, "rising": bool(np.all(np.diff(means) >= 0))}
+
+
 # ------------------------------------------------------------------------------- explanations
 def relevance_mass_accuracy(rel: np.ndarray, mask: np.ndarray) -> float | None:
     """Share of the positive relevance inside ``mask`` (Arras et al. 2022)."""

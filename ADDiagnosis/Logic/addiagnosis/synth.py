@@ -279,7 +279,8 @@ def make_subject(params: dict):
     t = np.asarray(params["translation_mm"])
     scanner_from_mni = np.eye(4)
     scanner_from_mni[:3, :3] = R
-    scanner_from_mni[:3, 3] = t + R @ np.array([0.0, -18.0, 18.0])  # brain centre near the scanner origin
+    # the brain centre (MNI (0, -18, 18)) lands at t, i.e. near the scanner origin and the FOV centre
+    scanner_from_mni[:3, 3] = t - R @ np.array([0.0, -18.0, 18.0])
     P = _orientation_matrix(rng)
     if params.get("orientation") is not None:  # e.g. "LPS": storage axes, as a signed permutation
         P = _orientation_from_code(params["orientation"])
