@@ -1,4 +1,5 @@
-"""lrp-reference: LRP alpha2-beta1 on the differences from a reference input (the template for template models).
+"""lrp-reference(-alpha1beta0): LRP alpha2-beta1 (alpha1-beta0) on the differences from a reference input (the
+template for template models).
 
 Checked against a plain, slow implementation written here from the rule (float64, torch conv3d on the
 unfolded modules), for properties that must hold (conservation, zero at the reference), through the engine
@@ -78,17 +79,20 @@ def _slow_reference_lrp(model, x, ref, target, alpha=2.0, eps=1e-12):
     return r[0, 0]
 
 
-def test_matches_the_rule_float64():
+@pytest.mark.parametrize("method,alpha", [("lrp-reference", 2.0), ("lrp-reference-alpha1beta0", 1.0)])
+def test_matches_the_rule_float64(method, alpha):
     model = random_model(seed=2).double()
     x, ref = _inputs()
     engine = FastLRP(model, dtype=torch.float64, stabilizer=1e-12)
     engine.set_reference(ref)
-    ours = engine.relevance(engine.forward(x), 4, "lrp-reference")
-    slow = _slow_reference_lrp(model, x, ref, 4)
+    ours = engine.relevance(engine.forward(x), 4, method)
+    slow = _slow_reference_lrp(model, x, ref, 4, alpha=alpha)
     assert ours.shape == x.shape[2:]
     assert float((ours - slow).norm() / slow.norm()) < 1e-9
     # alpha - beta = 1 and the biases cancel in the differences: the map sums to the unit output relevance
     assert float(ours.sum()) == pytest.approx(1.0, abs=1e-3)
+    if alpha == 1.0:  # beta = 0: only positive contributions pass relevance on, so none of it is negative
+        assert float(ours.min()) >= 0.0
 
 
 def test_float32_engine_agrees_and_reference_itself_gets_nothing():

@@ -46,8 +46,8 @@ CLASSES = ("CN", "EMCI", "MCI", "LMCI", "AD")  # the stages, in order of severit
 
 AUTO_METHOD = "auto"  # the model card's recommended method (``explanation.method``), else DEFAULT_METHOD
 # Explanation methods by name; lrp.METHODS holds their implementation (a test checks the two agree).
-METHODS = ("lrp-reference", "lrp-alpha1beta0", "lrp-epsilon", "lrp-composite", "gradient-x-input",
-           "guided-backprop")
+METHODS = ("lrp-reference-alpha1beta0", "lrp-reference", "lrp-alpha1beta0", "lrp-epsilon", "lrp-composite",
+           "gradient-x-input", "guided-backprop")
 DEFAULT_METHOD = "lrp-alpha1beta0"
 METHOD_CHOICES = (AUTO_METHOD, *METHODS)
 

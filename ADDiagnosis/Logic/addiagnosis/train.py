@@ -389,8 +389,9 @@ def model_card(out: Path, cfg: TrainConfig, d: TrainingData, progress: Progress,
     """The new package's card: data, split, the training run, ``reports`` (val/test metrics), intended use."""
     state, items, classes, pre = progress.state, d.items, d.classes, d.card["preprocessing"]
     counts_all = {c: sum(1 for it in items if it.label == c) for c in classes}
-    dataset_json = (data_path / "dataset.json") if data_path.is_dir() else None
-    dataset = json.loads(dataset_json.read_text()) if dataset_json and dataset_json.exists() else None
+    # what synth wrote (or, for a table, a dataset.json beside it: e.g. several synth cohorts in one table)
+    dataset_json = (data_path if data_path.is_dir() else data_path.parent) / "dataset.json"
+    dataset = json.loads(dataset_json.read_text()) if dataset_json.exists() else None
     card_out = {
         "name": cfg.name or out.name,
         "version": cfg.version,
@@ -414,11 +415,13 @@ def model_card(out: Path, cfg: TrainConfig, d: TrainingData, progress: Progress,
         "metrics": reports,
         "default": bool(cfg.default),
     }
-    card_out["explanation"] = {"method": "lrp-alpha1beta0"}  # stable across storage and noise (docs/training.md)
-    if pre.get("kind") == "template":  # a healthy reference exists: lrp-reference is offered (lrp.py)
-        card_out["explanation"]["alternatives"] = {
-            "lrp-reference": "relative to the MNI152 template taken through this card's preprocessing: localises "
-                             "atrophy best but is not stable across how a scan is stored (docs/training.md)"}
+    if pre.get("kind") == "template":  # a healthy reference exists (the template): explain relative to it (lrp.py)
+        card_out["explanation"] = {"method": "lrp-reference-alpha1beta0", "alternatives": {
+            "lrp-reference": "alpha2-beta1 on the differences from the template: a little more relevance in the "
+                             "true atrophy, but not stable across how a scan is stored or noise (docs/training.md)",
+            "lrp-alpha1beta0": "plain LRP, no reference: stable, but credits intact tissue around the evidence"}}
+    else:  # no reference: plain LRP, stable across storage and noise (docs/training.md)
+        card_out["explanation"] = {"method": "lrp-alpha1beta0"}
     if dataset is not None:
         card_out["synthetic"] = True
         card_out["intended_use"] = (
@@ -438,9 +441,11 @@ def _data_description(path: Path, items, counts, dataset) -> str:
     text = f"{len(items)} scans of {len({it.subject for it in items})} subjects from {path.name}: " + \
         ", ".join(f"{c} {n}" for c, n in counts.items()) + "."
     if dataset is not None:
-        text = ("SYNTHETIC data (addiagnosis synth, seed {seed}): subjects made from the MNI ICBM152 template "
-                "with graded, known atrophy of the medial temporal lobe and ventricles; no patient data. "
-                .format(seed=dataset.get("seed"))) + text
+        parts = dataset.get("cohorts") or [dataset]  # one synth cohort, or several (a table's dataset.json)
+        which = "; ".join(f"seed {c.get('seed')}, atrophy model {(c.get('options') or {}).get('atrophy', 'default')}"
+                          for c in parts)
+        text = (f"SYNTHETIC data (addiagnosis synth: {which}): subjects made from the MNI ICBM152 template "
+                "with graded, known atrophy of the medial temporal lobe and ventricles; no patient data. ") + text
     return text
 
 
