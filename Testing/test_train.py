@@ -91,3 +91,17 @@ def test_smoke_training_lowers_loss_and_resumes(folder_data, tmp_path):
     # rerunning with more epochs resumes from the checkpoint
     card2 = train.train(folder_data, out, epochs=5, **kw)
     assert any("resuming" in m for m in logs) and card2["training"]["epochs_run"] == 5
+
+
+def test_data_description_names_every_synthetic_cohort():
+    from pathlib import Path
+
+    items = [dataset.Item("s1", "CN", Path("a.nii.gz")), dataset.Item("s2", "AD", Path("b.nii.gz"))]
+    one = {"seed": 1, "options": {"atrophy": "default"}}
+    text = train._data_description(Path("cohort"), items, {"CN": 1, "AD": 1}, one)
+    assert text.startswith("SYNTHETIC data (addiagnosis synth: seed 1, atrophy model default)")
+    both = {"cohorts": [one, {"seed": 12, "options": {"atrophy": "erode"}}]}
+    text = train._data_description(Path("mix.tsv"), items, {"CN": 1, "AD": 1}, both)
+    assert "seed 1, atrophy model default; seed 12, atrophy model erode" in text
+    assert text.endswith("2 scans of 2 subjects from mix.tsv: CN 1, AD 1.")
+    assert train._data_description(Path("real"), items, {"CN": 1, "AD": 1}, None).startswith("2 scans")
