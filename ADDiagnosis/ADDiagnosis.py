@@ -35,7 +35,7 @@ if LOGIC_DIR not in sys.path:
 from addiagnosis import card as _card  # noqa: E402 - torch-free: names, methods, discovery, card text
 
 RESEARCH_USE = _card.RESEARCH_USE
-METHODS = list(_card.METHOD_CHOICES)  # "auto": the card's recommended method (lrp-alpha1beta0 for the bundled model)
+METHODS = list(_card.METHOD_CHOICES)  # "auto": the card's recommended method (lrp-reference-alpha1beta0, bundled)
 TORCH_REQUIREMENT = ">=2.1"
 # Asked for (once, with a confirmation) only where missing; the worker reads voxels from .npy, not files, so nibabel
 # is not needed inside Slicer. Never numpy/SimpleITK/torch from PyPI (torch comes through PyTorchUtils).
@@ -662,7 +662,7 @@ class ADDiagnosisTest(ScriptedLoadableModuleTest):
         logic = ADDiagnosisLogic()
         result, outputs = logic.process(inputNode)  # default model, method "auto"
         self.assertEqual(result.model_name, "addiagnosis-synthetic-demo")
-        self.assertEqual(result.method, "lrp-alpha1beta0")  # the card's recommended method
+        self.assertEqual(result.method, "lrp-reference-alpha1beta0")  # the card's recommended method
         self.assertEqual(result.predicted, "AD")  # a held-out synthetic AD subject
         rel = outputs.relevance
         np.testing.assert_allclose(node_ijk_to_ras(rel), node_ijk_to_ras(inputNode), atol=1e-9)

@@ -23,8 +23,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "ADDiagnosis" / "Logic"))
 
-METHODS = ["lrp-reference", "lrp-alpha1beta0", "lrp-epsilon", "lrp-composite", "gradient-x-input",
-           "guided-backprop"]
+METHODS = ["lrp-reference-alpha1beta0", "lrp-reference", "lrp-alpha1beta0", "lrp-epsilon", "lrp-composite",
+           "gradient-x-input", "guided-backprop"]
 
 
 def main(argv=None) -> int:
@@ -91,7 +91,7 @@ def main(argv=None) -> int:
             if mask is not None:
                 r["mass"] = relevance_mass_accuracy(rel, mask)
                 r["mass_2mm"] = relevance_mass_accuracy(rel, near)
-            eng_method = "lrp-reference" if name.startswith("lrp-reference") else name
+            eng_method = name.split("@")[0]  # lrp-reference@eps: the lrp-reference rule
             rr = rnd.relevance(rc, tgt, eng_method).float().numpy()
             r["model_randomisation_r"] = pearson(grid_maps[name][region], rr[region])
             row[name] = r
@@ -112,7 +112,7 @@ def main(argv=None) -> int:
             "brain_share": float(np.median([v["brain_share"] for v in vals])),
             "model_randomisation_abs_r": float(np.median([abs(v["model_randomisation_r"]) for v in vals])),
             "input_randomisation_abs": st["input_randomisation"]["median_abs"],
-            "seconds_per_map": float(np.median(timings.get(name if name in timings else "lrp-reference", [np.nan]))),
+            "seconds_per_map": float(np.median(timings.get(name.split("@")[0], [np.nan]))),
             **{f"{k}_median": st[k]["median"] for k in st}, **{f"{k}_p5": st[k]["p5"] for k in st},
         }
     out = {"cohort": str(args.cohort), "n": len(rows), "package": d.package.name, "table": table, "rows": rows,

@@ -168,8 +168,8 @@ def cmd_import(args) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- main
-METHOD_HELP = ("relevance method (default auto: the model card's recommended one, lrp-alpha1beta0 for the bundled "
-               f"model, else {DEFAULT_METHOD})")
+METHOD_HELP = ("relevance method (default auto: the model card's recommended one, lrp-reference-alpha1beta0 for the "
+               f"bundled model, else {DEFAULT_METHOD})")
 
 
 def _engine_options(p: argparse.ArgumentParser) -> None:
