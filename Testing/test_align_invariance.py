@@ -66,7 +66,7 @@ def twins(vol: Volume) -> list[Volume]:
 def head():
     p = {**synth.subject_params(5, 4, "LMCI"), "participant_id": "inv", "noise": 0.01,
          "rotation_deg": [6.0, -8.0, 10.0], "translation_mm": [5.0, -7.0, 4.0], "orientation": "RAS",
-         "spacing": [1.5, 1.5, 1.5], "fov_mm": [230.0, 260.0, 236.0], "fov_offset_mm": [5.0, -43.0, 30.0]}
+         "spacing": [1.5, 1.5, 1.5], "fov_mm": [230.0, 260.0, 236.0], "fov_offset_mm": [5.0, -7.0, -6.0]}
     vol, _, pose = synth.make_subject(p)
     return Volume(vol.array.astype(np.float32), vol.ijk_to_ras, "as-made"), pose
 
