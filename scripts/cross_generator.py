@@ -27,12 +27,13 @@ COLUMNS = ["balanced_accuracy", "cn_vs_ad", "severity_rho", "severity_rising", "
            "noise_1pct_median", "noise_1pct_p5"]
 
 
-def _pairs(values: list[str], what: str) -> dict[str, str]:
+def name_value_pairs(values: list[str], what: str) -> dict[str, str]:
+    """``NAME=PATH`` arguments -> {NAME: PATH} (exits with one line on a malformed one)."""
     out = {}
     for v in values:
         name, sep, path = v.partition("=")
         if not sep or not name or not path:
-            raise SystemExit(f"--{what} takes NAME=PATH, got {v!r}")
+            raise SystemExit(f"{what}: expected NAME=PATH, got {v!r}")
         out[name] = path
     return out
 
@@ -85,8 +86,8 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for mname, pkg in _pairs(args.model, "model").items():
-        for cname, data in _pairs(args.cohort, "cohort").items():
+    for mname, pkg in name_value_pairs(args.model, "--model").items():
+        for cname, data in name_value_pairs(args.cohort, "--cohort").items():
             res = evaluate(pkg, data, out / f"{mname}__{cname}", method=args.method, threads=args.threads,
                            stability_n=args.stability, limit=args.limit)
             rows.append({"model": mname, "cohort": cname, **row_of(res)})

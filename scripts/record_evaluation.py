@@ -17,6 +17,8 @@ sys.path.insert(0, str(ROOT / "ADDiagnosis" / "Logic"))
 
 
 def main(argv: list[str]) -> int:
+    from cross_generator import name_value_pairs  # scripts/ is on sys.path when a script runs
+
     from addiagnosis.evaluate import summary
 
     if len(argv) < 2:
@@ -24,10 +26,7 @@ def main(argv: list[str]) -> int:
     card_path = Path(argv[0]) / "card.json"
     card = json.loads(card_path.read_text())
     by_cohort = {}
-    for arg in argv[1:]:
-        name, sep, path = arg.partition("=")
-        if not sep:
-            raise SystemExit(f"expected NAME=metrics.json, got {arg!r}")
+    for name, path in name_value_pairs(argv[1:], "record_evaluation.py").items():
         by_cohort[name] = summary(json.loads(Path(path).read_text()))
         by_cohort[name]["data"] = Path(by_cohort[name]["data"]).name  # the cohort folder, not this machine's path
     card["evaluation"] = {"by_cohort": by_cohort,

@@ -87,8 +87,6 @@ def severity_trend(severity, probs, class_names: list[str], bins: int = 4) -> di
     Spearman's rho over scans with a known severity, and the mean late-stage probability per severity
     quantile bin (lowest first); ``rising``: every bin's mean at least the previous one's. None without
     severities (fewer than ``2 * bins`` scans with one)."""
-    from scipy.stats import spearmanr
-
     sev = np.array([np.nan if v is None else v for v in severity], dtype=np.float64)
     late = np.asarray(probs, dtype=np.float64).reshape(len(sev), len(class_names))[:, -2:].sum(1)
     ok = np.isfinite(sev)
@@ -97,7 +95,7 @@ def severity_trend(severity, probs, class_names: list[str], bins: int = 4) -> di
     sev, late = sev[ok], late[ok]
     order = np.argsort(sev, kind="stable")
     means = [float(late[chunk].mean()) for chunk in np.array_split(order, bins)]
-    return {"n": int(ok.sum()), "classes": list(class_names[-2:]), "spearman_rho": float(spearmanr(sev, late)[0]),
+    return {"n": int(ok.sum()), "classes": list(class_names[-2:]), "spearman_rho": spearman(sev, late),
             "mean_by_severity_quantile": means, "rising": bool(np.all(np.diff(means) >= 0))}
 
 
