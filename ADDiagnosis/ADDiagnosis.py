@@ -2,7 +2,7 @@
 
 Thin glue (Slicer's scripted module template): every step runs in the ``addiagnosis`` engine package in
 ``Logic/`` (the same code as the command line and the web app): ``addiagnosis.engine`` diagnoses a
-``Volume``, ``addiagnosis.scene`` turns volume nodes into Volumes and pushes the results into the scene.
+``Volume``, ``addiagnosis.mrml.scene`` turns volume nodes into Volumes and pushes the results into the scene.
 
 Research use only: not a medical device.
 """
@@ -32,9 +32,10 @@ LOGIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "Logic")
 if LOGIC_DIR not in sys.path:
     sys.path.insert(0, LOGIC_DIR)
 
-from addiagnosis import card as _card  # noqa: E402 - torch-free: names, methods, discovery, card text
+from addiagnosis import RESEARCH_USE  # noqa: E402
+from addiagnosis.models import card as _card  # noqa: E402 - torch-free: names, methods, card text
+from addiagnosis.models import discovery as _discovery  # noqa: E402 - torch-free: which packages are installed
 
-RESEARCH_USE = _card.RESEARCH_USE
 METHODS = list(_card.METHOD_CHOICES)  # "auto": the card's recommended method (lrp-reference-alpha1beta0, bundled)
 TORCH_REQUIREMENT = ">=2.1"
 # Asked for (once, with a confirmation) only where missing; the worker reads voxels from .npy, not files, so nibabel
@@ -478,13 +479,13 @@ class ADDiagnosisLogic(ScriptedLoadableModuleLogic):
     def _cardOnDisk(model):
         """The card of ``model`` (name, package folder or None: the default), or None if there is none."""
         try:
-            return _card.find_package(model or None).card
+            return _discovery.find_package(model or None).card
         except Exception:
             return None
 
-    # --- models (addiagnosis.card: torch-free, nothing heavy is imported into Slicer's GUI process) -----
+    # --- models (addiagnosis.models.card: torch-free, nothing heavy is imported into Slicer's GUI process) -----
     def listModels(self):
-        return [{"name": pkg.name, "card_text": self.cardText(pkg.card)} for pkg in _card.list_packages()]
+        return [{"name": pkg.name, "card_text": self.cardText(pkg.card)} for pkg in _discovery.list_packages()]
 
     def modelCard(self, name):
         return self._cardOnDisk(name) if name else None
@@ -494,7 +495,7 @@ class ADDiagnosisLogic(ScriptedLoadableModuleLogic):
         return _card.card_text(card)
 
     def importCheckpoint(self, path, name):
-        from addiagnosis.package import import_checkpoint
+        from addiagnosis.models.package import import_checkpoint
 
         return import_checkpoint(path, name, preset="seed")
 
@@ -510,7 +511,7 @@ class ADDiagnosisLogic(ScriptedLoadableModuleLogic):
         """Check the scan and start the diagnosis in a worker process; returns the job to poll.
 
         The voxels and IJK-to-RAS go to the worker exactly (.npy); the scene is not touched."""
-        from addiagnosis.scene import volume_from_node
+        from addiagnosis.mrml.scene import volume_from_node
         from addiagnosis.worker import WorkerJob, check_volume
 
         volume = volume_from_node(inputNode)
@@ -525,7 +526,7 @@ class ADDiagnosisLogic(ScriptedLoadableModuleLogic):
         return self.pushResults(job.inputNode, job.result, parameterNode)
 
     def pushResults(self, inputNode, result, parameterNode=None, regionsNode=None):
-        from addiagnosis.scene import push_results
+        from addiagnosis.mrml.scene import push_results
 
         opacity = parameterNode.overlayOpacity if parameterNode else 0.6
         top = parameterNode.topPercent if parameterNode else 5.0
@@ -542,7 +543,7 @@ class ADDiagnosisLogic(ScriptedLoadableModuleLogic):
 
     def regionSummary(self, inputNode, regionsNode):
         """Relevance per segment / label (sum, mean, share of positive relevance) as a table node."""
-        from addiagnosis.regions import region_summary
+        from addiagnosis.mrml.regions import region_summary
 
         return region_summary(slicer.mrmlScene, inputNode, regionsNode)
 
@@ -565,12 +566,12 @@ class ADDiagnosisLogic(ScriptedLoadableModuleLogic):
         return job.result, outputs
 
     def setOpacity(self, relevanceNode, opacity):
-        from addiagnosis.scene import set_overlay_opacity
+        from addiagnosis.mrml.scene import set_overlay_opacity
 
         set_overlay_opacity(slicer.mrmlScene, relevanceNode, opacity)
 
     def setTopPercent(self, relevanceNode, topPercent):
-        from addiagnosis.scene import set_top_percent
+        from addiagnosis.mrml.scene import set_top_percent
 
         set_top_percent(relevanceNode, topPercent)
 
@@ -597,8 +598,8 @@ class ADDiagnosisTest(ScriptedLoadableModuleTest):
 
         import torch
 
-        from addiagnosis.model import ClassificationModel3D
-        from addiagnosis.package import write_package
+        from addiagnosis.models.network import ClassificationModel3D
+        from addiagnosis.models.package import write_package
 
         torch.manual_seed(0)
         model = ClassificationModel3D(input_shape=(80, 88, 80), n_classes=5).eval()
@@ -621,7 +622,7 @@ class ADDiagnosisTest(ScriptedLoadableModuleTest):
     def test_ADDiagnosis1(self):
         import numpy as np
 
-        from addiagnosis.scene import array_from_node, node_ijk_to_ras, table_probabilities
+        from addiagnosis.mrml.scene import array_from_node, node_ijk_to_ras, table_probabilities
 
         self.delayDisplay("Starting the ADDiagnosis test")
         logic = ADDiagnosisLogic()
@@ -652,7 +653,7 @@ class ADDiagnosisTest(ScriptedLoadableModuleTest):
         import numpy as np
         import SampleData
 
-        from addiagnosis.scene import array_from_node, node_ijk_to_ras, table_probabilities
+        from addiagnosis.mrml.scene import array_from_node, node_ijk_to_ras, table_probabilities
 
         self.delayDisplay("ADDiagnosis: default model and method on the example scan")
         registerSampleData()

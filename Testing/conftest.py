@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -10,8 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from addiagnosis.model import ClassificationModel3D
-from addiagnosis.package import write_package
+# Testing/support (stand-ins, the zennit reference, hostile files) is imported by name from every test folder.
+# Not pyproject's `pythonpath`: that would also put this folder (and this conftest) on the path of the Slicer
+# scenario runs, where slicer-core imports a module named `conftest`.
+sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))
+
+from addiagnosis.models.network import ClassificationModel3D  # noqa: E402
+from addiagnosis.models.package import write_package  # noqa: E402
 
 SEED_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "seed"
 SEED_130 = SEED_DIR / "myModel_state_dict_130.pth"

@@ -38,7 +38,7 @@ def env() -> dict:
 
 
 def cli(*args) -> list[str]:
-    return [sys.executable, "-m", "addiagnosis.cli", *map(str, args)]
+    return [sys.executable, "-m", "addiagnosis.cli.main", *map(str, args)]
 
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -112,8 +112,8 @@ def timed(argv: list[str]) -> dict:
 def random_model(root: Path) -> Path:
     """A random-weight model with the cheap ``physical`` preprocessing: isolates the pipeline's own memory."""
     sys.path.insert(0, str(LOGIC))
-    from addiagnosis.model import ClassificationModel3D
-    from addiagnosis.package import write_package
+    from addiagnosis.models.network import ClassificationModel3D
+    from addiagnosis.models.package import write_package
 
     card = {"name": "bench-random", "version": "1", "class_names": ["CN", "EMCI", "MCI", "LMCI", "AD"],
             "input_grid": {"shape": [80, 96, 80], "spacing": [2.0, 2.0, 2.0], "orientation": "RAS"},

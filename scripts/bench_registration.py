@@ -2,7 +2,7 @@
 
     PYTHONPATH=ADDiagnosis/Logic python scripts/bench_registration.py [--threads 2] [--repeat 3] [--old-ref main]
 
-Makes one synthetic whole-head scan at 1 mm on a 256^3 grid (``addiagnosis.synth``), then times
+Makes one synthetic whole-head scan at 1 mm on a 256^3 grid (``addiagnosis.research.synth``), then times
 ``align.register_to_template`` on it (median of ``--repeat`` runs, after one warm-up that builds the template
 cache) and on the same scan padded by 20 voxels; prints the time, the convergence, the landmark error against
 the true pose and the mean displacement over the brain between the padded and unpadded registrations. When
@@ -28,8 +28,8 @@ sys.path.insert(0, str(ROOT / "ADDiagnosis" / "Logic"))
 
 
 def scan_256():
-    from addiagnosis import synth
-    from addiagnosis.volume import Volume
+    from addiagnosis.io.volume import Volume
+    from addiagnosis.research import synth
 
     p = {**synth.subject_params(3, 1, "MCI"), "participant_id": "bench", "spacing": [1.0, 1.0, 1.0],
          "fov_mm": [256.0, 256.0, 256.0], "orientation": "RAS", "fov_offset_mm": [0.0, 0.0, 0.0]}
@@ -38,7 +38,7 @@ def scan_256():
 
 
 def pad(vol, n):
-    from addiagnosis.volume import Volume
+    from addiagnosis.io.volume import Volume
 
     shift = np.eye(4)
     shift[:3, 3] = -n
@@ -54,7 +54,7 @@ def old_align(ref: str):
         return None
     if text == (ROOT / "ADDiagnosis/Logic/addiagnosis/align.py").read_text():
         return None
-    import addiagnosis.preprocess as pre
+    import addiagnosis.prep.registry as pre
 
     saved = (dict(pre._REGISTRY), dict(pre._REFERENCES))  # the old module registers itself too: undo that
     path = Path(tempfile.mkdtemp()) / "_align_old.py"
@@ -71,7 +71,7 @@ def old_align(ref: str):
 
 
 def measure(mod, vol, padded, pose, repeat):
-    from addiagnosis import align
+    from addiagnosis.prep import align
 
     mod.register_to_template(vol)  # warm-up: template cache
     times, m = [], None
@@ -99,7 +99,7 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(args.threads)
-    from addiagnosis import align
+    from addiagnosis.prep import align
 
     t = time.perf_counter()
     vol, pose = scan_256()

@@ -17,10 +17,10 @@ os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ADDiagnosis" / "Logic"))
 
 from addiagnosis.engine import DiagnosisResult  # noqa: E402
-from addiagnosis.runtime import SlicerRuntime  # noqa: E402
-from addiagnosis.scene import push_results  # noqa: E402
-from addiagnosis.views import SceneViews, render_views  # noqa: E402
-from addiagnosis.volume import Volume  # noqa: E402
+from addiagnosis.io.volume import Volume  # noqa: E402
+from addiagnosis.mrml.runtime import SlicerRuntime  # noqa: E402
+from addiagnosis.mrml.scene import push_results  # noqa: E402
+from addiagnosis.mrml.views import SceneViews, render_views  # noqa: E402
 
 CLASSES = ["CN", "EMCI", "MCI", "LMCI", "AD"]
 

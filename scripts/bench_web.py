@@ -64,7 +64,7 @@ def main() -> int:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(LOGIC), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.Popen([sys.executable, "-m", "addiagnosis.cli", "web", "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "addiagnosis.cli.main", "web", "--port", str(port),
                              "--session-grace-s", "5"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/"
     figures = {}

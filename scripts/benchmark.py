@@ -35,7 +35,7 @@ def make_inputs(work: Path) -> tuple[Path, Path]:
     import numpy as np
     import torch
 
-    from addiagnosis.package import import_checkpoint, write_package
+    from addiagnosis.models.package import import_checkpoint, write_package
 
     from conftest import random_model
 
@@ -53,7 +53,7 @@ def make_inputs(work: Path) -> tuple[Path, Path]:
         if SEED.is_file():
             import_checkpoint(SEED, name="bench", dest_root=work / "models")
         else:
-            from addiagnosis.package import seed_card
+            from addiagnosis.models.package import seed_card
 
             model = random_model((160, 256, 256))
             tmp = work / "random.pth"
@@ -66,9 +66,9 @@ def worker(kind: str, method: str, scan: Path, pkg: Path, repeats: int) -> dict:
     import torch
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
-    from addiagnosis.package import find_package
-    from addiagnosis.preprocess import prepare
-    from addiagnosis.volume import read_nifti
+    from addiagnosis.io.volume import read_nifti
+    from addiagnosis.models.package import find_package
+    from addiagnosis.prep.physical import prepare
 
     package = find_package(str(pkg))
     model = package.load_model()
@@ -77,7 +77,7 @@ def worker(kind: str, method: str, scan: Path, pkg: Path, repeats: int) -> dict:
     target = 0
     fwd, lrp, total = [], [], []
     if kind == "ours":
-        from addiagnosis.cli import main
+        from addiagnosis.cli.main import main
         from addiagnosis.engine import get_diagnoser
 
         engine = get_diagnoser(str(pkg)).engine  # the very engine (and buffers) the CLI runs below re-use

@@ -5,7 +5,7 @@
 COHORT is ``addiagnosis synth`` output (scans with ground-truth masks). Per method: relevance mass accuracy
 for the true class (exact and within 2 mm of the mask, input grid, subjects with a mask), share of positive
 relevance inside the brain, stability (flip / pad / resample twins and 1 % / 2 % input noise: median and
-5th percentile of Pearson r in physical space, :mod:`addiagnosis.stability`), input randomisation and
+5th percentile of Pearson r in physical space, :mod:`addiagnosis.research.stability`), input randomisation and
 model-parameter randomisation (|r| on the model grid inside the brain), and seconds per map. ``--extra`` adds
 ``lrp-reference`` variants with a larger stabiliser (``lrp-reference@eps``). Writes JSON and a Markdown table.
 """
@@ -40,13 +40,13 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from addiagnosis import stability
-    from addiagnosis.dataset import load_items
     from addiagnosis.engine import Diagnoser
-    from addiagnosis.evaluate import _within_mm, random_model_like, read_mask
-    from addiagnosis.lrp import FastLRP
+    from addiagnosis.explain.lrp import FastLRP
+    from addiagnosis.io.volume import read_nifti
     from addiagnosis.metrics import pearson, relevance_mass_accuracy, share_inside
-    from addiagnosis.volume import read_nifti
+    from addiagnosis.research import stability
+    from addiagnosis.research.dataset import load_items
+    from addiagnosis.research.evaluate import _within_mm, random_model_like, read_mask
 
     d = Diagnoser(args.package)
     for m in METHODS:

@@ -4,7 +4,7 @@
         --model onlyA=PKG_A --model onlyB=PKG_B --cohort A=COHORT_A --cohort B=COHORT_B --out DIR \\
         [--method auto] [--stability N] [--threads 2]
 
-Each model is scored with :func:`addiagnosis.evaluate.evaluate` on each cohort (``synth`` output: scans with
+Each model is scored with :func:`addiagnosis.research.evaluate.evaluate` on each cohort (``synth`` output: scans with
 ground-truth masks and severities); per pair the report lands in ``DIR/<model>__<cohort>/``. The table
 (``DIR/table.json``, ``DIR/table.md``): balanced accuracy, CN vs AD, Spearman rho of P(LMCI)+P(AD) against
 severity (and whether its quartile means rise), median AD relevance mass accuracy (exact, within 2 mm),
@@ -81,7 +81,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--limit", type=int, default=None)
     args = ap.parse_args(argv)
-    from addiagnosis.evaluate import evaluate
+    from addiagnosis.research.evaluate import evaluate
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

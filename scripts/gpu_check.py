@@ -31,9 +31,9 @@ def make_inputs(path: Path, cohort: Path, n: int) -> None:
 
     import torch
 
-    from addiagnosis.package import find_package
-    from addiagnosis.preprocess import prepare, reference_input
-    from addiagnosis.volume import read_nifti
+    from addiagnosis.io.volume import read_nifti
+    from addiagnosis.models.package import find_package
+    from addiagnosis.prep.physical import prepare, reference_input
 
     pkg = find_package()
     rows = [r for r in csv.DictReader(open(cohort / "participants.tsv"), delimiter="\t") if r["class"] == "AD"][:n]
@@ -62,7 +62,7 @@ def timed(fn, device, repeats):
 def check(model, inputs, reference, methods, repeats, other="cuda") -> dict:
     import torch
 
-    from addiagnosis.lrp import FastLRP
+    from addiagnosis.explain.lrp import FastLRP
 
     devices = [torch.device("cpu"), torch.device(other)]
     engines = {d.type: FastLRP(model, device=d) for d in devices}
@@ -103,7 +103,7 @@ def random_model(shape, seed=3):
     """Seed architecture, PyTorch's default initialisation, non-trivial BatchNorm statistics."""
     import torch
 
-    from addiagnosis.model import ClassificationModel3D
+    from addiagnosis.models.network import ClassificationModel3D
 
     torch.manual_seed(seed)
     model = ClassificationModel3D(shape, n_classes=5)
@@ -130,8 +130,8 @@ def main() -> int:
 
     import torch
 
-    from addiagnosis.lrp import METHODS
-    from addiagnosis.package import find_package
+    from addiagnosis.explain.lrp import METHODS
+    from addiagnosis.models.package import find_package
 
     other = "cpu" if args.dry_run_on_cpu else "cuda"
     if other == "cuda" and not torch.cuda.is_available():

@@ -3,7 +3,7 @@
     PYTHONPATH=ADDiagnosis/Logic python scripts/lrp_reference_averaging.py
 
 Bundled model and example scan, AD target: Pearson r (input grid, brain) between the scan's map and the maps
-of its flip / pad / resample twins (:mod:`addiagnosis.stability`) and of the input with 1 % and 2 % noise, for
+of its flip / pad / resample twins (:mod:`addiagnosis.research.stability`) and of the input with 1 % and 2 % noise, for
 plain lrp-reference (K=0) and averages over K copies with Gaussian noise of sigma (fraction of the input's 99th
 percentile). An experiment behind docs/training.md, not part of the product.
 """
@@ -23,11 +23,11 @@ SETTINGS = ((0, 0.0), (4, 0.02), (8, 0.02), (8, 0.05))
 
 
 def main() -> int:
-    from addiagnosis import stability
     from addiagnosis.engine import Diagnoser
+    from addiagnosis.io.volume import read_nifti
     from addiagnosis.metrics import pearson
-    from addiagnosis.preprocess import prepare
-    from addiagnosis.volume import read_nifti
+    from addiagnosis.prep.physical import prepare
+    from addiagnosis.research import stability
 
     torch.set_num_threads(1)
     d = Diagnoser()

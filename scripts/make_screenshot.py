@@ -2,7 +2,7 @@
 
 Run: .venv/bin/python scripts/make_screenshot.py [scan.nii.gz] [--model NAME_OR_FOLDER] [--out PNG]
 Defaults: the bundled example scan and model when present; otherwise a synthetic AD-like subject
-(addiagnosis.synth) and a random-weights model, and the caption says so.
+(addiagnosis.research.synth) and a random-weights model, and the caption says so.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from PIL import Image, ImageDraw  # noqa: E402
 
 from addiagnosis import RESEARCH_USE  # noqa: E402
 from addiagnosis.engine import diagnose  # noqa: E402
-from addiagnosis.views import render_views  # noqa: E402
-from addiagnosis.volume import read_nifti  # noqa: E402
+from addiagnosis.io.volume import read_nifti  # noqa: E402
+from addiagnosis.mrml.views import render_views  # noqa: E402
 
 RESOURCES = ROOT / "ADDiagnosis" / "Resources"
 
@@ -37,9 +37,9 @@ def bundled_example() -> Path | None:
 def fallback_case(tmp: Path):
     import torch
 
-    from addiagnosis.model import ClassificationModel3D
-    from addiagnosis.package import write_package
-    from addiagnosis.synth import make_subject, subject_params
+    from addiagnosis.models.network import ClassificationModel3D
+    from addiagnosis.models.package import write_package
+    from addiagnosis.research.synth import make_subject, subject_params
 
     vol, _, _ = make_subject(subject_params(0, 0, "AD"))
     torch.manual_seed(0)

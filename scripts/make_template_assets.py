@@ -13,8 +13,8 @@ import json
 import sys
 from pathlib import Path
 
-from addiagnosis.package import BUNDLED_DIR
-from addiagnosis.template import ASSETS_KEY, write_assets
+from addiagnosis.models.package import BUNDLED_DIR
+from addiagnosis.prep.template import ASSETS_KEY, write_assets
 
 
 def main(folder: Path) -> None:

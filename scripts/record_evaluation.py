@@ -3,7 +3,7 @@
     PYTHONPATH=ADDiagnosis/Logic python scripts/record_evaluation.py PACKAGE_DIR NAME=metrics.json [...]
 
 Each ``metrics.json`` is what ``addiagnosis evaluate`` (or ``scripts/cross_generator.py``) wrote; the card keeps
-:func:`addiagnosis.evaluate.summary` of each, under the given cohort name. Other card fields stay as they are.
+:func:`addiagnosis.research.evaluate.summary` of each, under the given cohort name. Other card fields stay as they are.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ sys.path.insert(0, str(ROOT / "ADDiagnosis" / "Logic"))
 def main(argv: list[str]) -> int:
     from cross_generator import name_value_pairs  # scripts/ is on sys.path when a script runs
 
-    from addiagnosis.evaluate import summary
+    from addiagnosis.research.evaluate import summary
 
     if len(argv) < 2:
         raise SystemExit(__doc__.strip().splitlines()[2].strip())

@@ -17,10 +17,10 @@ export PYTHONPATH=ADDiagnosis/Logic${PYTHONPATH:+:$PYTHONPATH}
 #    A = "default" (medial temporal tissue fades, ventricles widen by distance), B = "erode" (hippocampus and
 #    amygdala eroded from all sides, ventricles and temporal horns grown by dilation). 250 training subjects
 #    each (seeds 11, 12) and fresh 100-subject test cohorts (seeds 21, 22).
-$PY -m addiagnosis.cli synth --n 250 --seed 11 --out "$WORK/A_train" --prefix a --atrophy default --variety wide
-$PY -m addiagnosis.cli synth --n 250 --seed 12 --out "$WORK/B_train" --prefix b --atrophy erode --variety wide
-$PY -m addiagnosis.cli synth --n 100 --seed 21 --out "$WORK/A_test" --prefix at --atrophy default --variety wide
-$PY -m addiagnosis.cli synth --n 100 --seed 22 --out "$WORK/B_test" --prefix bt --atrophy erode --variety wide
+$PY -m addiagnosis.cli.main synth --n 250 --seed 11 --out "$WORK/A_train" --prefix a --atrophy default --variety wide
+$PY -m addiagnosis.cli.main synth --n 250 --seed 12 --out "$WORK/B_train" --prefix b --atrophy erode --variety wide
+$PY -m addiagnosis.cli.main synth --n 100 --seed 21 --out "$WORK/A_test" --prefix at --atrophy default --variety wide
+$PY -m addiagnosis.cli.main synth --n 100 --seed 22 --out "$WORK/B_test" --prefix bt --atrophy erode --variety wide
 
 # 1b. one table of both training cohorts, with a dataset.json beside it (train records both in the card)
 $PY - "$WORK" <<'PYEOF'
@@ -38,14 +38,14 @@ with open(w / "mix_train.tsv", "w", newline="") as fh:
     out.writeheader()
     out.writerows(rows)
 parts = [json.loads((w / f"{g}_train/dataset.json").read_text()) for g in "AB"]
-(w / "dataset.json").write_text(json.dumps({"generator": "addiagnosis.synth", "cohorts": parts,
+(w / "dataset.json").write_text(json.dumps({"generator": "addiagnosis.research.synth", "cohorts": parts,
                                             "notice": parts[0]["notice"]}, indent=1))
 PYEOF
 
 # 2. cross-generator models: trained on one atrophy model only (same split, seed and cache), side by side
 if [ "$CROSS" = 1 ]; then
   for g in A B; do
-    $PY -m addiagnosis.cli train "$WORK/${g}_train" --out "$WORK/models/only$g" --name "synthetic-only$g" \
+    $PY -m addiagnosis.cli.main train "$WORK/${g}_train" --out "$WORK/models/only$g" --name "synthetic-only$g" \
         --seed 0 --epochs 60 --patience 12 --max-minutes 18 --workers 1 --threads 1 --cache "$WORK/cache" &
   done
   wait
@@ -53,7 +53,7 @@ fi
 
 # 3. the bundled model: both generators (template alignment, 2 mm 80x96x80 grid, subject-level 70/15/15
 #    split, seed 0, time box)
-$PY -m addiagnosis.cli train "$WORK/mix_train.tsv" --out "$PKG" --name addiagnosis-synthetic-demo --seed 0 \
+$PY -m addiagnosis.cli.main train "$WORK/mix_train.tsv" --out "$PKG" --name addiagnosis-synthetic-demo --seed 0 \
     --epochs 60 --patience 12 --max-minutes 62 --workers 2 --threads 2 --cache "$WORK/cache" --default
 
 # 4. evaluation: every model on both test cohorts (the recommended method, stability on 10 scans each)

@@ -9,4 +9,5 @@ Research use only: not a medical device.
 
 __version__ = "0.1.0"
 
-from .card import RESEARCH_USE  # noqa: E402,F401  (the one research-use line, shown wherever a diagnosis is)
+# the one research-use line, shown wherever a diagnosis is
+RESEARCH_USE = "Research use only: not a medical device, not for clinical diagnosis."

@@ -14,18 +14,18 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from . import RESEARCH_USE, __version__
-from .card import AUTO_METHOD, METHOD_CHOICES, METHODS, SYNTHETIC_NOTICE, recommended_method  # noqa: F401
-from .checks import check_volume
-from .errors import AddiagnosisError, ModelError
-from .lrp import REFERENCE_METHODS, FastLRP
-from .metrics import share_inside
-from .package import ModelPackage, find_package
-from .preprocess import Prepared, prepare, reference_input
-from .template import use_package_template
-from .volume import Volume
+from addiagnosis import RESEARCH_USE, __version__
+from addiagnosis.errors import AddiagnosisError, ModelError
+from addiagnosis.explain.lrp import REFERENCE_METHODS, FastLRP
+from addiagnosis.io.checks import check_volume
+from addiagnosis.io.volume import Volume
+from addiagnosis.metrics import share_inside
+from addiagnosis.models.card import AUTO_METHOD, METHOD_CHOICES, METHODS, SYNTHETIC_NOTICE, recommended_method  # noqa: F401
+from addiagnosis.models.package import ModelPackage, find_package
+from addiagnosis.prep.physical import Prepared, prepare, reference_input
+from addiagnosis.prep.template import use_package_template
 
-Progress = Callable[[str, float], None]
+ProgressCallback = Callable[[str, float], None]  # (stage text, fraction done)
 
 
 @dataclass
@@ -158,7 +158,7 @@ class Diagnoser:
         return self.package.class_index(target)
 
     def explain_tensor(self, tensor: torch.Tensor, method: str | None = AUTO_METHOD,
-                       target: str | int | None = None, progress: Progress | None = None,
+                       target: str | int | None = None, progress: ProgressCallback | None = None,
                        timings: dict | None = None) -> GridExplanation:
         """Classify a prepared network input (1,1,D,H,W) and explain ``target`` (default: the predicted class).
 
@@ -184,7 +184,7 @@ class Diagnoser:
         return GridExplanation(None, logits, probs, predicted, tgt, method, rel_grid)
 
     def explain_on_grid(self, volume: Volume, method: str | None = AUTO_METHOD, target: str | int | None = None,
-                        progress: Progress | None = None, timings: dict | None = None) -> GridExplanation:
+                        progress: ProgressCallback | None = None, timings: dict | None = None) -> GridExplanation:
         """Preprocess, classify and explain: relevance on the model grid plus the way back (``prepared``).
 
         The steps :meth:`run` takes before mapping relevance onto the input grid; evaluation takes them too.
@@ -205,7 +205,7 @@ class Diagnoser:
         return explained
 
     def run(self, volume: Volume, method: str | None = AUTO_METHOD, target: str | int | None = None,
-            progress: Progress | None = None) -> DiagnosisResult:
+            progress: ProgressCallback | None = None) -> DiagnosisResult:
         note = progress or (lambda stage, frac: None)
         timings = {}
         g = self.explain_on_grid(volume, method, target, note, timings)
@@ -247,7 +247,7 @@ def get_diagnoser(package: ModelPackage | str | None = None, device: str | None 
 
 def diagnose(volume: Volume, package: ModelPackage | str | None = None, method: str | None = AUTO_METHOD,
              target: str | int | None = None, device: str | None = "cpu",
-             progress: Progress | None = None) -> DiagnosisResult:
+             progress: ProgressCallback | None = None) -> DiagnosisResult:
     return get_diagnoser(package, device).run(volume, method, target, progress)
 
 

@@ -29,9 +29,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import RESEARCH_USE
-from .checks import check_volume  # the one input check (the module calls it from here too)
-from .volume import Volume
+from addiagnosis import RESEARCH_USE
+from addiagnosis.files import atomic_file
+from addiagnosis.io.checks import check_volume  # the one input check (the module calls it from here too)
+from addiagnosis.io.volume import Volume
 
 TIME_LIMIT_S = 600.0  # a diagnosis that has not finished by then is killed (registration can never hang)
 RESULT_FIELDS = ("model_name", "model_version", "class_names", "logits", "probabilities", "predicted", "target",
@@ -88,12 +89,6 @@ def _say(line: str) -> None:
     sys.stdout.flush()
 
 
-def _save_atomic(path: str, writer) -> None:
-    tmp = path + ".part"
-    writer(tmp)
-    os.replace(tmp, path)
-
-
 def run(job_dir: str) -> int:
     """The worker process: read the request, diagnose, write the result. Returns the exit status."""
     t0 = time.perf_counter()
@@ -106,7 +101,7 @@ def run(job_dir: str) -> int:
         check_volume(volume)
         _say("PROGRESS 0.02 loading the model")
         t_import = time.perf_counter()
-        from .engine import diagnose
+        from addiagnosis.engine import diagnose
 
         import_s = time.perf_counter() - t_import
         result = diagnose(volume, req.get("model"), req.get("method") or "auto", req.get("target") or None,
@@ -117,15 +112,14 @@ def run(job_dir: str) -> int:
         data["worker"] = {"pid": os.getpid(), "seconds": round(time.perf_counter() - t0, 3),
                           "import_s": round(import_s, 3), "engine_s": round(sum(result.timings.values()), 3),
                           "peak_rss_mb": peak_rss_mb()}
-        _save_atomic(os.path.join(job_dir, "relevance.npy"),
-                     lambda p: np.save(open(p, "wb"), np.asarray(result.relevance.array, dtype=np.float32),
-                                       allow_pickle=False))
-        _save_atomic(os.path.join(job_dir, "result.json"),
-                     lambda p: open(p, "w").write(json.dumps(data, default=_plain)))
+        with atomic_file(os.path.join(job_dir, "relevance.npy")) as tmp:
+            np.save(tmp, np.asarray(result.relevance.array, dtype=np.float32), allow_pickle=False)
+        with atomic_file(os.path.join(job_dir, "result.json")) as tmp:
+            tmp.write_text(json.dumps(data, default=_plain))
     except Exception as exc:  # one line for the user; the traceback goes to stderr for the log
         import traceback
 
-        from .errors import AddiagnosisError
+        from addiagnosis.errors import AddiagnosisError
 
         msg = str(exc) if isinstance(exc, AddiagnosisError) else f"{type(exc).__name__}: {exc}"
         traceback.print_exc(file=sys.stderr)

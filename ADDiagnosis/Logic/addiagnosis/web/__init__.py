@@ -8,7 +8,7 @@ Two parts, each small:
   deletes a session's folder when the session ends or its retention time is up, and writes the access log
   (timestamps and outcomes only: no IP addresses, no file names or contents).
 - :mod:`addiagnosis.web.session`: one browser session. A slicer-core scene (:class:`SlicerRuntime`), the
-  same scene code as the Slicer module (:func:`addiagnosis.scene.push_results`), trame-slicer's slice and
+  same scene code as the Slicer module (:func:`addiagnosis.mrml.scene.push_results`), trame-slicer's slice and
   3D views streamed to the page, and the engine (:func:`addiagnosis.engine.get_diagnoser`) run in a worker
   thread so the page stays live while it works.
 
@@ -22,10 +22,10 @@ DEFAULT_MAX_UPLOAD_MB = 256
 
 
 def cmd_web(args) -> int:
-    from ..errors import AddiagnosisError
+    from addiagnosis.errors import AddiagnosisError
 
     try:
-        from .gateway import serve
+        from addiagnosis.web.gateway import serve
     except ImportError as exc:  # aiohttp comes with trame: both are the `web` extra
         raise AddiagnosisError(f"the web app needs the 'web' extra: pip install 'addiagnosis[web]' ({exc})") from None
     try:

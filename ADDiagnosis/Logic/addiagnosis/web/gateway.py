@@ -30,8 +30,8 @@ from pathlib import Path
 
 from aiohttp import ClientSession, ClientTimeout, WSMsgType, web
 
-from .. import RESEARCH_USE
-from .common import DOWNLOADS, access_line, write_access
+from addiagnosis import RESEARCH_USE
+from addiagnosis.web.common import DOWNLOADS, access_line, write_access
 
 COOKIE = "addiagnosis_session"
 START_TIMEOUT_S = 120.0
@@ -348,7 +348,7 @@ def serve(host: str = "127.0.0.1", port: int = 8080, max_upload_mb: float = 256,
           grace_s: float = 30.0, max_sessions: int = 8, access_log: str | None = None, model: str | None = None,
           device: str = "cpu") -> int:
     """Run the web app until interrupted (Ctrl-C or SIGTERM)."""
-    from ..package import find_package
+    from addiagnosis.models.package import find_package
 
     find_package(model)  # an unknown model is a one-line error before anything starts
     gateway = Gateway(max_upload_mb, retention_min, grace_s, max_sessions, access_log, model, device)
@@ -357,7 +357,7 @@ def serve(host: str = "127.0.0.1", port: int = 8080, max_upload_mb: float = 256,
     try:
         sock.bind((host, port))
     except OSError as exc:
-        from ..errors import AddiagnosisError
+        from addiagnosis.errors import AddiagnosisError
 
         sock.close()
         raise AddiagnosisError(f"cannot listen on {host}:{port} ({exc.strerror or exc})") from None

@@ -2,7 +2,7 @@
 
 Started by the gateway as ``python -m addiagnosis.web.session --port P --folder DIR ...`` on a loopback
 port; the gateway proxies the page to it. The scene is a slicer-core :class:`SlicerRuntime` and results go
-into it through :func:`addiagnosis.scene.push_results`: the same nodes, colour node, thresholds and volume
+into it through :func:`addiagnosis.mrml.scene.push_results`: the same nodes, colour node, thresholds and volume
 rendering as the Slicer module. trame-slicer streams Slicer's slice and 3D views of that scene to the
 page. Views render when this code asks (after a load, a diagnosis, a slider move) and on mouse interaction;
 MRML events during a push are held back so a push costs one render per view.
@@ -23,15 +23,15 @@ import threading  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from .. import RESEARCH_USE  # noqa: E402
-from ..errors import AddiagnosisError  # noqa: E402
-from .common import DOWNLOADS, STATIC_DIR, access_line, write_access  # noqa: E402
+from addiagnosis import RESEARCH_USE  # noqa: E402
+from addiagnosis.errors import AddiagnosisError  # noqa: E402
+from addiagnosis.web.common import DOWNLOADS, STATIC_DIR, access_line, write_access  # noqa: E402
 
 UPLOAD_ID = re.compile(r"^[0-9a-f]{32}\.nii(\.gz)?$")
 VIEW_KEYS = (("axial", "Axial"), ("coronal", "Coronal"), ("sagittal", "Sagittal"))
 
 
-def display_name(name: str) -> str:
+def page_label(name: str) -> str:
     """A user's file name reduced to a safe label for the page (never used as a path)."""
     base = re.split(r"[\\/]", str(name))[-1]
     base = re.sub(r"\.nii(\.gz)?$", "", base, flags=re.IGNORECASE)
@@ -48,7 +48,7 @@ class Session:
         from trame_slicer.rca_view import register_rca_factories
         from trame_slicer.views import ViewLayoutDefinition
 
-        from ..runtime import SlicerRuntime
+        from addiagnosis.mrml.runtime import SlicerRuntime
 
         self.server = server
         self.state = server.state
@@ -87,8 +87,8 @@ class Session:
 
     # -------------------------------------------------------------------------------------- state
     def _init_state(self, model: str | None) -> None:
-        from ..engine import METHOD_CHOICES
-        from ..package import find_package, list_packages
+        from addiagnosis.engine import METHOD_CHOICES
+        from addiagnosis.models.package import find_package, list_packages
 
         packages = list_packages()
         default = find_package(model)
@@ -145,10 +145,10 @@ class Session:
 
     # ---------------------------------------------------------------------------------- loading
     def use_example(self) -> None:
-        from ..cli import default_scan
+        from addiagnosis.resources import default_scan
 
         try:
-            self._load_file(default_scan(), display_name(default_scan().name), "example")
+            self._load_file(default_scan(), page_label(default_scan().name), "example")
         except AddiagnosisError as exc:
             self._error(str(exc))
 
@@ -160,7 +160,7 @@ class Session:
     def upload_failed(self, name: str, error: str) -> None:
         with self.state:
             self.state.uploading = False
-            self._error(f"{display_name(name)}: {error}")
+            self._error(f"{page_label(name)}: {error}")
         self._log("upload", "refused")
 
     def uploaded(self, upload_id: str, name: str) -> None:
@@ -171,7 +171,7 @@ class Session:
                 return
             path = self.uploads / upload_id
             try:
-                self._load_file(path, display_name(name), "upload")
+                self._load_file(path, page_label(name), "upload")
             except Exception as exc:
                 if not isinstance(exc, AddiagnosisError):
                     logging.getLogger(__name__).exception("showing an upload failed")
@@ -179,8 +179,8 @@ class Session:
                 path.unlink(missing_ok=True)
                 problem = str(getattr(exc, "problem", None) or exc)
                 # the reader may quote the stored file: show the user's name, never the server's path
-                problem = problem.replace(str(path), display_name(name)).replace(path.name, display_name(name))
-                self._error(f"{display_name(name)}: {problem}")
+                problem = problem.replace(str(path), page_label(name)).replace(path.name, page_label(name))
+                self._error(f"{page_label(name)}: {problem}")
                 self._log("scan", "refused")
                 return
             if self.upload_path is not None and self.upload_path != path:
@@ -189,7 +189,7 @@ class Session:
 
     def _load_file(self, path: Path, name: str, source: str) -> None:
         """Validate with the engine's reader, then show the scan (its previous scan and results go)."""
-        from ..volume import read_nifti
+        from addiagnosis.io.volume import read_nifti
 
         volume = read_nifti(path, name=name)  # the engine's checks, before anything else runs
         self._clear_scene()
@@ -211,7 +211,7 @@ class Session:
         self._log("scan", "ok", source=source)
 
     def _clear_scene(self) -> None:
-        from ..scene import output_nodes
+        from addiagnosis.mrml.scene import output_nodes
 
         if self.input_node is None:
             return
@@ -249,8 +249,8 @@ class Session:
         self._task = asyncio.ensure_future(self._diagnose())
 
     async def _diagnose(self) -> None:
-        from ..engine import get_diagnoser
-        from ..report import write_outputs
+        from addiagnosis.engine import get_diagnoser
+        from addiagnosis.io.report import write_outputs
 
         s = self.state
         loop = asyncio.get_running_loop()
@@ -310,7 +310,7 @@ class Session:
             self.state.progress = int(round(100 * max(0.0, min(1.0, fraction))))
 
     def _push(self, node, result):
-        from ..scene import push_results
+        from addiagnosis.mrml.scene import push_results
 
         with self._renders_held():
             outputs = push_results(self.scene, node, result, vr_logic=self.runtime.vr_logic,
@@ -327,7 +327,7 @@ class Session:
         return outputs
 
     def _oblique_camera(self, node) -> None:
-        """Look at the scan from front-left-above (as addiagnosis.views does), so the axial slice shows."""
+        """Look at the scan from front-left-above (as addiagnosis.mrml.views does), so the axial slice shows."""
         bounds = [0.0] * 6
         node.GetRASBounds(bounds)
         centre = [(bounds[2 * i] + bounds[2 * i + 1]) / 2 for i in range(3)]
@@ -362,7 +362,7 @@ class Session:
     def _on_opacity(self, opacity, **_):
         if self.outputs is None:
             return
-        from ..scene import set_overlay_opacity
+        from addiagnosis.mrml.scene import set_overlay_opacity
 
         set_overlay_opacity(self.scene, self.outputs.relevance, float(opacity))
         self._render(slices_only=True)
@@ -370,7 +370,7 @@ class Session:
     def _on_top_percent(self, top_percent, **_):
         if self.outputs is None:
             return
-        from ..scene import set_top_percent
+        from addiagnosis.mrml.scene import set_top_percent
 
         set_top_percent(self.outputs.relevance, float(top_percent))
         self._render(slices_only=True)
@@ -422,7 +422,7 @@ class Session:
 
     def warm_up(self) -> None:
         """Load the selected model and its reference input before the first Diagnose (in a thread)."""
-        from ..engine import get_diagnoser
+        from addiagnosis.engine import get_diagnoser
 
         try:
             with self._engine_lock:

@@ -1,0 +1,1 @@
+"""The command line (``addiagnosis ...``): one module per command group and one command table."""

@@ -1,0 +1,5 @@
+import sys
+
+from addiagnosis.cli.main import main
+
+sys.exit(main())

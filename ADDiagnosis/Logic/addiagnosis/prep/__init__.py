@@ -1,0 +1,1 @@
+"""Preprocessing kinds (physical grid, template alignment) and their registry; each records how to invert itself."""

@@ -1,0 +1,1 @@
+"""Research tools: datasets, synthetic subjects, training, evaluation, stability and group comparison."""

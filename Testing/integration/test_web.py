@@ -1,0 +1,302 @@
+"""The web app in a real browser: Debian's Chromium driven by Playwright against `addiagnosis web`.
+
+One server (started on a free loopback port, stopped by its PID), two browser contexts (two sessions):
+A uses the example scan and is compared with `addiagnosis diagnose` on the same file; B sends bad uploads,
+then a good (cropped, so differently shaped) scan; both diagnose at the same time and each sees only its own.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+pytest.importorskip("trame_slicer", reason="the web extra is not installed (pip install '.[web]')")
+pytest.importorskip("slicer", reason="the slicer-core runtime is not installed")
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+
+from PIL import Image  # noqa: E402
+
+from addiagnosis import RESEARCH_USE  # noqa: E402
+from addiagnosis.cli.main import main as cli_main  # noqa: E402
+from addiagnosis.resources import default_scan  # noqa: E402
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+if not Path(CHROMIUM).exists():
+    pytest.skip("Debian's chromium is not installed (apt-get install chromium chromium-driver)",
+                allow_module_level=True)
+
+from addiagnosis.mrml.views import egl_available  # noqa: E402
+
+OK, WHY = egl_available()
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not OK, reason=f"no off-screen OpenGL (Mesa EGL): {WHY}")]
+LOGIC = Path(__file__).resolve().parents[2] / "ADDiagnosis" / "Logic"
+UPLOAD_LIMIT_MB = 4
+TIMEOUT_MS = 120_000
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("web")
+    port = free_port()
+    log = folder / "access.log"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(LOGIC), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen([sys.executable, "-m", "addiagnosis.cli.main", "web", "--port", str(port),
+                             "--max-upload-mb", str(UPLOAD_LIMIT_MB), "--session-grace-s", "3",
+                             "--access-log", str(log)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url + "healthz", timeout=2) as resp:
+                if json.load(resp)["ok"]:
+                    break
+        except OSError:
+            if proc.poll() is not None:
+                pytest.fail(f"the web server exited: {proc.stdout.read().decode(errors='replace')[-2000:]}")
+            time.sleep(0.2)
+    else:
+        proc.kill()
+        pytest.fail("the web server did not answer within 60 s")
+    yield {"url": url, "proc": proc, "log": log, "folder": folder}
+    proc.send_signal(signal.SIGTERM)  # stopped by its PID
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="module")
+def cli_reference(tmp_path_factory):
+    """`addiagnosis diagnose` on the example scan: what the page must show."""
+    out = tmp_path_factory.mktemp("cli")
+    assert cli_main(["diagnose", str(default_scan()), "--out", str(out), "--no-figures", "-q"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    return report, nib.load(out / "relevance.nii.gz")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"])
+        yield b
+        b.close()
+
+
+def hot_pixels(png: bytes) -> int:
+    """Pixels with the overlay's colours (red/orange/yellow, far from grey)."""
+    rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(np.int32)
+    return int(((rgb[..., 0] - rgb[..., 2] > 80) & (rgb[..., 0] > 120)).sum())
+
+
+def grey_pixels(png: bytes) -> int:
+    """Pixels of the scan itself (grey, neither black nor overlay)."""
+    rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(np.int32)
+    spread = rgb.max(axis=-1) - rgb.min(axis=-1)
+    return int(((spread < 12) & (rgb[..., 0] > 60)).sum())
+
+
+def cropped_scan(folder: Path) -> Path:
+    """The example scan cropped to another grid (another shape and origin): a second, different subject."""
+    img = nib.load(default_scan())
+    data = np.asarray(img.dataobj)[4:-3, 2:-5, 3:-2]
+    aff = img.affine.copy()
+    aff[:3, 3] = (img.affine @ np.array([4, 2, 3, 1.0]))[:3]
+    path = folder / "other-subject.nii.gz"
+    nib.save(nib.Nifti1Image(data, aff), path)
+    return path
+
+
+def open_page(context, url):
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(url)
+    page.wait_for_selector("#use-example")
+    return page
+
+
+def wait_for_overlay(page, view: str, t0: float) -> float:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if hot_pixels(page.locator(f"#view-{view} img").first.screenshot()) > 50:
+            return time.perf_counter() - t0
+        time.sleep(0.1)
+    raise AssertionError(f"no overlay colours in the {view} view")
+
+
+def shown_probabilities(page) -> dict[str, float]:
+    return {el.get_attribute("data-class"): float(el.get_attribute("data-p"))
+            for el in page.locator(".addiagnosis-prob").all()}
+
+
+def test_web_app_in_browser(server, cli_reference, browser, tmp_path):
+    report, cli_rel = cli_reference
+    url = server["url"]
+    example = nib.load(default_scan())
+    ctx_a = browser.new_context(viewport={"width": 1440, "height": 900}, accept_downloads=True)
+    ctx_b = browser.new_context(viewport={"width": 1280, "height": 800}, accept_downloads=True)
+    try:
+        # ---- session A: example scan, Diagnose, compare with the CLI ----------------------------------------
+        a = open_page(ctx_a, url)
+        assert a.title() == "ADDiagnosis"
+        a.click("#use-example")
+        a.wait_for_selector("#scan-name")
+        assert a.inner_text("#scan-name") == "synthetic-AD-subject"
+        t0 = time.perf_counter()
+        a.click("#diagnose")
+        a.wait_for_selector("#predicted")
+        seconds = wait_for_overlay(a, "axial", t0)
+        print(f"\nweb: click Diagnose -> overlay visible in the axial view: {seconds:.2f} s")
+        assert a.inner_text("#predicted") == report["predicted_class"]
+        shown = shown_probabilities(a)
+        assert set(shown) == set(report["probabilities"])
+        for name, p in report["probabilities"].items():
+            assert shown[name] == pytest.approx(p, abs=1e-6)
+        assert a.locator("#research-use").inner_text().strip() == RESEARCH_USE
+        assert a.locator("#research-use").is_visible()
+        assert "synthetic data" in a.inner_text("#notice")
+        for view in ("axial", "coronal", "sagittal"):
+            png = a.locator(f"#view-{view} img").first.screenshot()
+            assert grey_pixels(png) > 2000, view  # the scan is drawn
+            assert hot_pixels(png) > 50, view  # and the relevance overlay on it
+        a.wait_for_function("() => { const i = document.querySelector('#view-threed img');"
+                            " return i && i.complete && i.naturalWidth > 0; }")
+        deadline = time.monotonic() + 30
+        while hot_pixels(a.locator("#view-threed img").first.screenshot()) <= 20 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert hot_pixels(a.locator("#view-threed img").first.screenshot()) > 20  # volume rendering
+
+        # opacity slider: the overlay fades out at 0 and comes back
+        a.wait_for_selector("#downloads")
+        before = hot_pixels(a.locator("#view-axial img").first.screenshot())
+        a.evaluate("() => window.trame.state.set('opacity', 0)")
+        deadline = time.monotonic() + 20
+        while hot_pixels(a.locator("#view-axial img").first.screenshot()) > before // 10 \
+                and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert hot_pixels(a.locator("#view-axial img").first.screenshot()) <= before // 10
+        a.evaluate("() => window.trame.state.set('opacity', 0.6)")
+
+        # slice scrolling: the axial slider moves the axial view to another slice (another picture)
+        shown_before = np.asarray(Image.open(io.BytesIO(a.locator("#view-axial img").first.screenshot())))
+        a.evaluate("() => { const s = window.trame.state;"
+                   " s.set('slice_axial', s.get('slice_axial_min') + 0.3 * (s.get('slice_axial_max') -"
+                   " s.get('slice_axial_min'))); }")
+        deadline = time.monotonic() + 20
+        changed = 0.0
+        while changed < 0.05 and time.monotonic() < deadline:
+            time.sleep(0.2)
+            now = np.asarray(Image.open(io.BytesIO(a.locator("#view-axial img").first.screenshot())))
+            changed = float((np.abs(now.astype(int) - shown_before.astype(int)).max(axis=-1) > 40).mean())
+        assert changed >= 0.05  # a different slice fills the view
+
+        # download: the relevance map equals the CLI's, on the scan's grid
+        with a.expect_download() as info:
+            a.click("#download-relevance")
+        path = tmp_path / "relevance-a.nii.gz"
+        info.value.save_as(path)
+        rel = nib.load(path)
+        assert rel.shape == example.shape
+        np.testing.assert_allclose(rel.affine, example.affine, atol=1e-5)
+        # the same numbers: registration runs on one ITK thread (align._one_itk_thread), so the server's and the
+        # CLI's maps agree whatever their thread counts (measured: bit-identical); the bound leaves float32 room only
+        web_map, cli_map = rel.get_fdata(), cli_rel.get_fdata()
+        assert np.linalg.norm(web_map - cli_map) <= 1e-6 * np.linalg.norm(cli_map)
+        np.testing.assert_allclose(web_map, cli_map, rtol=1e-5, atol=1e-6 * np.abs(cli_map).max())
+        rep = a.request.get(url + "download/report.json").json()
+        assert rep["predicted_class"] == report["predicted_class"]
+        assert rep["research_use"] == RESEARCH_USE
+        png = a.request.get(url + "download/overview.png").body()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
+        if os.environ.get("ADDIAGNOSIS_WEB_SCREENSHOT"):
+            a.wait_for_timeout(500)
+            a.screenshot(path=os.environ["ADDIAGNOSIS_WEB_SCREENSHOT"])
+
+        # ---- session B: bad uploads show one line, the server keeps serving ----------------------------------
+        b = open_page(ctx_b, url)
+        assert not b.locator("#scan-name").count()  # B sees nothing of A's
+        not_nifti = tmp_path / "notes.nii"
+        not_nifti.write_bytes(b"this is not an image\n" * 50)
+        flat = tmp_path / "flat.nii.gz"
+        nib.save(nib.Nifti1Image(np.random.default_rng(0).random((64, 64)).astype(np.float32), np.eye(4)), flat)
+        huge = tmp_path / "huge.nii"
+        huge.write_bytes(os.urandom(int((UPLOAD_LIMIT_MB + 1) * 1024 * 1024)))
+        truncated = tmp_path / "truncated.nii.gz"
+        truncated.write_bytes(default_scan().read_bytes()[:200_000])
+        for bad, words in ((not_nifti, "NIfTI"), (flat, "3D"), (huge, "upload limit"), (truncated, "")):
+            b.set_input_files("#file-input", str(bad))
+            stem = bad.name.split(".")[0]
+            b.wait_for_function("s => { const m = document.querySelector('#message');"
+                                " return m && m.innerText.trim().startsWith(s + ':'); }", arg=stem)
+            message = b.inner_text("#message").strip()
+            assert "\n" not in message and message, bad.name
+            assert words.lower() in message.lower(), (bad.name, message)
+            assert "Traceback" not in message and "/tmp" not in message and "uploads" not in message
+            assert not b.locator("#scan-name").count()
+        with urllib.request.urlopen(url + "healthz", timeout=5) as resp:
+            assert json.load(resp)["ok"]
+        other = cropped_scan(tmp_path)
+        b.set_input_files("#file-input", str(other))
+        b.wait_for_selector("#scan-name")
+        assert b.inner_text("#scan-name") == "other-subject"
+        assert not b.locator("#message").count()
+
+        # ---- both diagnose at the same time; each sees only its own scan and result -----------------------------
+        a.click("#use-example")  # a fresh load in A (its previous result goes), so both run now
+        a.wait_for_selector("#result", state="detached")
+        a.click("#diagnose")
+        b.click("#diagnose")
+        a.wait_for_selector("#downloads")
+        b.wait_for_selector("#downloads")
+        wait_for_overlay(b, "axial", time.perf_counter())
+        assert a.inner_text("#scan-name") == "synthetic-AD-subject"
+        assert b.inner_text("#scan-name") == "other-subject"
+        for name, p in report["probabilities"].items():
+            assert shown_probabilities(a)[name] == pytest.approx(p, abs=1e-6)
+        rel_b = _save(b.request.get(url + "download/relevance.nii.gz").body(), tmp_path / "rel-b.nii.gz")
+        assert rel_b.shape == nib.load(other).shape != example.shape
+        np.testing.assert_allclose(rel_b.affine, nib.load(other).affine, atol=1e-5)
+        rep_b = b.request.get(url + "download/report.json").json()
+        assert rep_b["input"]["shape"] == list(nib.load(other).shape)
+        rep_a = a.request.get(url + "download/report.json").json()
+        assert rep_a["input"]["shape"] == list(example.shape)
+    except Exception:
+        print(server["log"].read_text())
+        raise
+    finally:
+        ctx_a.close()
+        ctx_b.close()
+
+    # sessions end when their pages are gone: folders deleted; the log has outcomes, no addresses or names
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and server["log"].read_text().count("event=session outcome=ended") < 2:
+        time.sleep(0.5)
+    log = server["log"].read_text()
+    assert log.count("event=session outcome=ended") >= 2
+    assert "event=upload outcome=refused" in log and "event=diagnose outcome=ok" in log
+    assert "127.0.0.1" not in log and "other-subject" not in log and "synthetic-AD" not in log
+
+
+def _save(data: bytes, path: Path):
+    path.write_bytes(data)
+    return nib.load(path)
