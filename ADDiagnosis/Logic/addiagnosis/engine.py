@@ -49,6 +49,8 @@ class DiagnosisResult:
     research_use: str = RESEARCH_USE
     model_path: str | None = None  # the package folder the model came from
     weights_sha256: str | None = None  # of the weights file actually loaded (checked against the card)
+    prediction_set: list[str] | None = None  # split-conformal set of stages (the card's ``conformal`` block)
+    prediction_set_coverage: float | None = None  # e.g. 0.9
 
     def report(self, input_volume: Volume | None = None, extra: dict | None = None) -> dict:
         rep = {
@@ -59,6 +61,8 @@ class DiagnosisResult:
             "probabilities": self.probabilities,
             "logits": dict(zip(self.class_names, self.logits)),
             "predicted_class": self.predicted,
+            **({"prediction_set": {"coverage": self.prediction_set_coverage, "classes": list(self.prediction_set)}}
+               if self.prediction_set is not None else {}),
             "target_class": self.target,
             "method": self.method,
             "relevance_summary": self.summary,
@@ -218,15 +222,19 @@ class Diagnoser:
         timings["map_back"] = time.perf_counter() - t
         summary = relevance_summary(rel_in, g.relevance, g.prepared.input_mask, volume, g.prepared.mask_name)
         note("done", 1.0)
+        probabilities = {n: float(p) for n, p in zip(names, g.probabilities)}
+        conformal = self.package.card.conformal  # probabilities are calibrated: the temperature is in the weights
         return DiagnosisResult(
             model_name=self.package.name, model_version=self.package.version, class_names=names,
-            logits=[float(v) for v in g.logits], probabilities={n: float(p) for n, p in zip(names, g.probabilities)},
+            logits=[float(v) for v in g.logits], probabilities=probabilities,
             predicted=names[g.predicted], target=names[g.target], method=g.method, relevance=relevance,
             summary=summary, preprocessing=g.prepared.info, timings=timings, device=str(self.device),
             warnings=[str(w) for w in g.prepared.info.get("warnings", [])],
             model_notice=SYNTHETIC_NOTICE if self.package.card.synthetic else None,
             model_intended_use=self.package.card.intended_use,
             model_path=str(self.package.path.resolve()), weights_sha256=self.package.weights_sha256,
+            prediction_set=None if conformal is None else conformal.classes(probabilities),
+            prediction_set_coverage=None if conformal is None else conformal.coverage,
         )
 
 

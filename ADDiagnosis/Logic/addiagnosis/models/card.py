@@ -90,6 +90,26 @@ class Weights:
     format: str = "torch-state-dict"
 
 
+@dataclass(frozen=True)
+class Conformal:
+    """The card's ``conformal`` block: split-conformal prediction sets (addiagnosis.research.calibration)."""
+
+    coverage: float  # e.g. 0.9: the set holds the true class this often (on data like the calibration split)
+    threshold: float  # a class is in the set when 1 - p(class) <= threshold
+
+    def classes(self, probabilities: Mapping[str, float]) -> list[str]:
+        """The set for one scan, in class order (``probabilities``: class name -> calibrated probability)."""
+        names = list(probabilities)
+        return [names[i] for i in prediction_set([probabilities[n] for n in names], self.threshold)]
+
+
+def prediction_set(probabilities, threshold: float) -> list[int]:
+    """Indices of the classes whose score 1 - p is at most ``threshold``; never empty (else the most probable)."""
+    probs = [float(p) for p in probabilities]
+    members = [i for i, p in enumerate(probs) if 1.0 - p <= threshold]
+    return members or [max(range(len(probs)), key=probs.__getitem__)]
+
+
 @dataclass(frozen=True, eq=False)
 class ModelCard(Mapping):
     """A validated ``card.json``. Typed fields for what the code uses; ``card["key"]`` reads the JSON itself."""
@@ -105,6 +125,8 @@ class ModelCard(Mapping):
     explanation: Explanation = field(default_factory=Explanation)
     metrics: dict | None = None
     evaluation: dict | None = None
+    calibration: dict | None = None  # temperature scaling, already folded into the weights (issue 19)
+    conformal: Conformal | None = None  # prediction sets (issue 19)
     notice: str | None = None
     limitations: str | None = None
     synthetic: bool = False
@@ -348,6 +370,8 @@ def _parse(data: Any, folder: Path | None, require_weights: bool) -> ModelCard:
     known = {"format", "name", "version", "class_names", "input_grid", "preprocessing", "intended_use",
              "training_data", "weights", "explanation", "metrics", "evaluation", "notice", "limitations",
              "synthetic", "default"}
+    known |= {"calibration", "conformal"}
+    calibration, conformal = _calibration_blocks(data)
     return ModelCard(
         name=name, version=version, class_names=tuple(classes),
         input_grid=InputGrid(shape, spacing, orientation),
@@ -355,11 +379,32 @@ def _parse(data: Any, folder: Path | None, require_weights: bool) -> ModelCard:
         intended_use=intended_use, training_data=training_data, weights=weights,
         explanation=Explanation(method),
         metrics=_obj(data, "metrics", required=False), evaluation=_obj(data, "evaluation", required=False),
+        calibration=calibration, conformal=conformal,
         notice=_text(data, "notice", required=False, nonempty=False),
         limitations=_text(data, "limitations", required=False, nonempty=False),
         synthetic=_flag(data, "synthetic"), default=_flag(data, "default"), format=fmt,
         extra={k: v for k, v in data.items() if k not in known}, raw=data,
     )
+
+
+def _calibration_blocks(data: dict) -> tuple[dict | None, Conformal | None]:
+    """The optional ``calibration`` (temperature > 0) and ``conformal`` (coverage, threshold) blocks."""
+    calib = _obj(data, "calibration", required=False)
+    if calib is not None:
+        t = calib.get("temperature")
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < 1e6:
+            raise _fail("calibration.temperature", "a positive number", t)
+    conf = _obj(data, "conformal", required=False)
+    if conf is None:
+        return calib, None
+    values = []
+    for key, lo, hi in (("coverage", 0.0, 1.0), ("threshold", 0.0, 1.0)):
+        v = conf.get(key)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi or (key == "coverage"
+                                                                                          and v in (lo, hi)):
+            raise _fail(f"conformal.{key}", f"a number between {lo:g} and {hi:g}", v)
+        values.append(float(v))
+    return calib, Conformal(*values)
 
 
 def _no_duplicate_keys(pairs: list) -> dict:
