@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from addiagnosis import RESEARCH_USE
-from addiagnosis.cli.main import engine_options
+from addiagnosis.cli.options import engine_options
 from addiagnosis.cohort.run import Options, discover, merge, parse_shard, run, synthetic_labelmap
 
 
@@ -84,7 +84,7 @@ def cmd_labels(args) -> int:
 
 
 def register_cli(subparsers) -> None:
-    """``batch`` (this engine), ``merge``, ``compare`` and ``labels``."""
+    """``batch`` (this engine), ``merge`` and ``labels``."""
     import argparse
 
     b = subparsers.add_parser("batch", help="diagnose a cohort (scans, folder, BIDS, table): one results table, "
@@ -102,6 +102,3 @@ def register_cli(subparsers) -> None:
                                                "(for --labels demonstrations)")
     lab.add_argument("--out", required=True)
     lab.set_defaults(func=cmd_labels)
-    from addiagnosis.research.compare import register_cli as register_compare
-
-    register_compare(subparsers)

@@ -79,6 +79,8 @@ def bootstrap_ratio(case: np.ndarray, control: np.ndarray, n_boot: int, rng,
 
 def compare(results: str | os.PathLike, by: str = "group", measure: str = "density", case: str = "AD",
             control: str = "CN", n_boot: int = 2000, seed: int = 0, out: str | os.PathLike | None = None) -> dict:
+    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
+        raise InputError(f"--bootstrap {n_boot!r}: the number of bootstrap resamples must be at least 1")
     table, rows = read_results(results)
     header = list(rows[0].keys())
     if by not in header:
@@ -228,29 +230,3 @@ bootstrap: {doc['bootstrap']['n']} resamples, {esc(doc['bootstrap']['interval'])
 {rows}</table></body></html>
 """
     path.write_text(page)
-
-
-def cmd_compare(args) -> int:
-    doc = compare(args.results, by=args.by, measure=args.measure, case=args.case, control=args.control,
-                  n_boot=args.bootstrap, seed=args.seed, out=args.out)
-    for g in doc["gain"]:
-        print(f"{g['region']:<20} gain {g['case']}/{g['control']} {g['gain']:.3g} "
-              f"[{g['ci_low']:.3g}, {g['ci_high']:.3g}]")
-    if doc["note"]:
-        print(doc["note"])
-    print(f"-> {doc['out']} (regions_by_group.tsv, gain.tsv, compare.png, report.html)")
-    print(RESEARCH_USE)
-    return 0
-
-
-def register_cli(subparsers) -> None:
-    p = subparsers.add_parser("compare", help="regional relevance by group (bootstrap intervals, AD/CN gain)")
-    p.add_argument("results", help="a batch output folder (or its results.tsv) made with --labels")
-    p.add_argument("--by", default="group", help="column to group by (default: group)")
-    p.add_argument("--measure", default="density", choices=["density", "sum"])
-    p.add_argument("--case", default="AD", help="group whose gain is reported (default AD)")
-    p.add_argument("--control", default="CN", help="reference group (default CN)")
-    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples (default 2000)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", help="output folder (default: RESULTS/compare)")
-    p.set_defaults(func=cmd_compare)

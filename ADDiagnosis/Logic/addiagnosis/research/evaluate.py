@@ -326,29 +326,6 @@ def _example_png(example, path: Path) -> None:
     plt.close(fig)
 
 
-# ------------------------------------------------------------------------------------------ CLI
-def register_cli(subparsers) -> None:
-    p = subparsers.add_parser("evaluate", help="classification and explanation metrics of a model package",
-                              description="Score a model package on a dataset (class folders, synth output "
-                                          "or table); with ground-truth masks also its explanations.")
-    p.add_argument("package", help="model package name or folder")
-    p.add_argument("data", help="class-folder tree, synth output folder, or TSV/CSV table")
-    p.add_argument("--out", default=None, help="report folder (default: evaluation-<package>)")
-    p.add_argument("--method", default="auto",
-                   help="relevance method (default auto: the model card's recommended one)")
-    p.add_argument("--target", choices=["true", "predicted"], default="true",
-                   help="class whose relevance is scored (default: the subject's true class)")
-    p.add_argument("--limit", type=int, default=None, help="only the first N scans")
-    p.add_argument("--randomisation-n", type=int, default=10, help="scans used for the randomisation check")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--stability", type=int, default=0, metavar="N",
-                   help="also measure map stability (stored flipped/padded/resampled, 1 %% and 2 %% input noise) "
-                        "and input randomisation on the first N scans")
-    p.add_argument("--record-in-card", action="store_true",
-                   help="store the summary in the package's card.json under 'evaluation'")
-    p.set_defaults(func=run)
-
-
 def summary(result: dict) -> dict:
     """The figures a model card records (``--record-in-card``)."""
     clf, expl = result["classification"], result["explanation"]
@@ -373,21 +350,3 @@ def summary(result: dict) -> dict:
                                                           for c, v in expl["per_class"].items()},
             "randomisation": rand, "severity_trend": result.get("severity_trend"),
             **({"stability": expl["stability"]} if expl.get("stability") else {})}
-
-
-def run(args) -> int:
-    from addiagnosis.models.card import CARD
-    from addiagnosis.models.package import find_package
-
-    pkg = find_package(args.package)
-    out = args.out or f"evaluation-{pkg.name}"
-    result = evaluate(pkg, args.data, out, args.method, args.target, args.limit, args.randomisation_n,
-                      args.threads, log=lambda m: print(m, flush=True), stability_n=args.stability)
-    s = summary(result)
-    print(json.dumps(s, indent=1))
-    if args.record_in_card:
-        card = json.loads((pkg.path / CARD).read_text())
-        card["evaluation"] = {**(card.get("evaluation") or {}), **s}  # notes recorded by hand stay
-        (pkg.path / CARD).write_text(json.dumps(card, indent=2) + "\n")
-        print(f"evaluate: recorded the summary in {pkg.path / CARD}")
-    return 0

@@ -397,35 +397,9 @@ def generate(n: int, out: str | os.PathLike, seed: int = 0, workers: int | None 
     return metas
 
 
-# ------------------------------------------------------------------------------------------ CLI
-def register_cli(subparsers) -> None:
-    p = subparsers.add_parser("synth", help="generate a synthetic cohort with known atrophy",
-                              description="Generate synthetic T1-like scans (from the MNI152 template) with "
-                                          "graded Alzheimer-like atrophy and its ground-truth masks.")
-    p.add_argument("--n", type=int, default=100, help="number of subjects (balanced over 5 classes)")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=None, help="processes (default: up to 2)")
-    p.add_argument("--prefix", default="sub", help="subject id prefix")
-    p.add_argument("--atrophy", choices=ATROPHY_MODELS, default="default",
-                   help="atrophy model: default (medial temporal lobe fades, ventricles widen), erode "
-                        "(hippocampus and amygdala eroded from all sides, ventricles and temporal horns dilated; "
-                        "its own mask rule) or mixed (each subject one of the two)")
-    p.add_argument("--variety", choices=["default", "wide"], default="default",
-                   help="wide: stronger deformation, head size, contrast and bias, lower SNR, 1 mm to thick slices")
-    p.set_defaults(func=run)
-
-
-def cli_options(args) -> dict:
-    opts = {"atrophy": getattr(args, "atrophy", "default")}
-    if getattr(args, "variety", "default") == "wide":
+def generator_options(atrophy: str = "default", variety: str = "default") -> dict:
+    """The options of :func:`generate` for an atrophy model and a variety (``default`` or ``wide``)."""
+    opts = {"atrophy": atrophy}
+    if variety == "wide":
         opts.update(WIDE_VARIETY)
     return opts
-
-
-def run(args) -> int:
-    t0 = time.time()
-    metas = generate(args.n, args.out, args.seed, args.workers, options=cli_options(args), prefix=args.prefix)
-    print(f"synth: wrote {len(metas)} subjects to {args.out} in {time.time() - t0:.0f} s "
-          f"(participants.tsv, scans/, masks/, meta/)")
-    return 0

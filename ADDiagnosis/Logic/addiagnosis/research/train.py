@@ -25,7 +25,6 @@ import hashlib
 import json
 import math
 import os
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
@@ -447,46 +446,3 @@ def _data_description(path: Path, items, counts, dataset) -> str:
         text = (f"SYNTHETIC data (addiagnosis synth: {which}): subjects made from the MNI ICBM152 template "
                 "with graded, known atrophy of the medial temporal lobe and ventricles; no patient data. ") + text
     return text
-
-
-# ------------------------------------------------------------------------------------------ CLI
-def register_cli(subparsers) -> None:
-    p = subparsers.add_parser("train", help="train a model package (subject-level split)",
-                              description="Train the 3D CNN on a folder of class sub-folders, a folder with "
-                                          "participants.tsv, or a TSV/CSV table; writes a model package.")
-    p.add_argument("data", help="class-folder tree, synth output folder, or TSV/CSV table")
-    p.add_argument("--out", required=True, help="model package folder to write")
-    p.add_argument("--name", default=None, help="package name (default: folder name)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=int, default=40)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--patience", type=int, default=8, help="early stopping patience (epochs)")
-    p.add_argument("--max-minutes", type=float, default=None, help="time box for the training loop")
-    p.add_argument("--grid", type=int, nargs=3, default=None, metavar=("D", "H", "W"),
-                   help="model grid shape (default 80 96 80)")
-    p.add_argument("--spacing", type=float, default=None, help="model grid spacing in mm (default 2)")
-    p.add_argument("--preprocessing", default="template", choices=["template", "physical"])
-    p.add_argument("--cache", default=None, help="folder for preprocessed arrays")
-    p.add_argument("--workers", type=int, default=2, help="preprocessing processes")
-    p.add_argument("--threads", type=int, default=2, help="torch threads per process")
-    p.add_argument("--default", action="store_true", help="mark the package as the default model")
-    p.set_defaults(func=run)
-
-
-def run(args) -> int:
-    pre = DEFAULT_PREPROCESSING if args.preprocessing == "template" else PHYSICAL_PREPROCESSING
-    cfg = TrainConfig(seed=args.seed, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                      patience=args.patience, max_minutes=args.max_minutes, grid_shape=args.grid,
-                      spacing=args.spacing, preprocessing=pre, cache=args.cache, workers=args.workers,
-                      threads=args.threads, name=args.name, default=args.default)
-    train(args.data, args.out, cfg, log=lambda m: print(m, flush=True))
-    return 0
-
-if __name__ == "__main__":  # python -m addiagnosis.research.train DATA --out PKG (torchrun works too)
-    import argparse
-
-    ap = argparse.ArgumentParser(prog="addiagnosis-train")
-    register_cli(ap.add_subparsers(dest="cmd"))
-    ns = ap.parse_args(["train", *sys.argv[1:]])
-    sys.exit(ns.func(ns))

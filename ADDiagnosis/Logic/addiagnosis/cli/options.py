@@ -1,0 +1,33 @@
+"""Options shared by several commands (``diagnose`` and ``batch`` hand the same ones to the engine)."""
+
+from __future__ import annotations
+
+import argparse
+
+from addiagnosis.models.card import AUTO_METHOD, DEFAULT_METHOD, METHOD_CHOICES
+
+METHOD_HELP = ("relevance method (default auto: the model card's recommended one, lrp-reference-alpha1beta0 for the "
+               f"bundled model, else {DEFAULT_METHOD})")
+
+
+def engine_options(p: argparse.ArgumentParser) -> None:
+    """--model, --method and --device: what `diagnose` and `batch` hand to the engine."""
+    p.add_argument("--model", help="model package name or folder (default: the bundled model)")
+    p.add_argument("--method", default=AUTO_METHOD, choices=METHOD_CHOICES, help=METHOD_HELP)
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (argparse turns the ValueError into a one-line error)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def name_value(text: str) -> tuple[str, str]:
+    """An argparse type: ``NAME=VALUE`` (both non-empty) -> (NAME, VALUE)."""
+    name, sep, value = text.partition("=")
+    if not sep or not name or not value:
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {text!r}")
+    return name, value
