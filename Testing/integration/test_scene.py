@@ -26,6 +26,7 @@ from addiagnosis.mrml.regions import region_summary  # noqa: E402
 from addiagnosis.mrml.runtime import SlicerRuntime  # noqa: E402
 from addiagnosis.mrml.scene import (  # noqa: E402
     COLOR_NODE_NAME,
+    PushOptions,
     SceneError,
     array_from_node,
     node_ijk_to_ras,
@@ -118,7 +119,7 @@ def pushed(scan_files, scan_result):
     layout = slicer.vtkMRMLLayoutNode()
     rt.scene.AddNode(layout)
     node = rt.load_volume(scan_files["oblique-aniso"], name="scan")
-    outputs = push_results(rt.scene, node, scan_result, vr_logic=rt.vr_logic, opacity=0.45)
+    outputs = push_results(rt.scene, node, scan_result, PushOptions(opacity=0.45), vr_logic=rt.vr_logic)
     return rt, node, scan_result, outputs, plot_view, layout
 
 
@@ -233,7 +234,7 @@ def test_failed_push_leaves_scene_as_it_was(pushed, tiny_package, scan_files, mo
 
     views_before = view_state()
     with pytest.raises(RuntimeError, match="simulated"):
-        push_results(scene, other, res, vr_logic=rt.vr_logic, opacity=0.9)
+        push_results(scene, other, res, PushOptions(opacity=0.9), vr_logic=rt.vr_logic)
     assert view_state() == views_before and node_ids(scene) == before
     assert output_nodes(other) == {}
 

@@ -15,7 +15,7 @@ from scipy import ndimage  # noqa: E402
 from addiagnosis.engine import DiagnosisResult  # noqa: E402
 from addiagnosis.io.volume import Volume  # noqa: E402
 from addiagnosis.mrml.runtime import SlicerRuntime  # noqa: E402
-from addiagnosis.mrml.scene import push_results  # noqa: E402
+from addiagnosis.mrml.scene import PushOptions, push_results  # noqa: E402
 from addiagnosis.mrml.views import SceneViews, egl_available, render_views  # noqa: E402
 
 OK, WHY = egl_available()
@@ -54,7 +54,7 @@ def rendered(tmp_path_factory):
     rt = SlicerRuntime()
     node = rt.add_volume(vol)
     views = SceneViews(rt, size=(256, 256))
-    out = push_results(rt.scene, node, result, vr_logic=rt.vr_logic, opacity=0.7)
+    out = push_results(rt.scene, node, result, PushOptions(opacity=0.7), vr_logic=rt.vr_logic)
     folder = tmp_path_factory.mktemp("views")
     files = views.render(folder, node, result.summary["top1pct_centroid_ras"])
     yield rt, views, files, result, out

@@ -8,7 +8,7 @@ takes the same two steps::
 
     volume = volume_from_node(node)                     # node -> Volume (world IJK->RAS)
     result = engine.diagnose(volume, package, method)   # in a worker process in desktop Slicer
-    outputs = push_results(scene, node, result, vr_logic=vr_logic, opacity=0.6, top_percent=5.0)
+    outputs = push_results(scene, node, result, PushOptions(opacity=0.6, top_percent=5.0), vr_logic=vr_logic)
 
 :func:`push_results` creates, or on a re-run updates in place, these nodes, all placed under the input
 in the subject hierarchy and referenced from the input node (``ADDiagnosis.*`` node references):
@@ -309,20 +309,17 @@ def ref_or_new(scene, input_node, role: str, class_name: str, name: str):
     return node if node is not None else scene.AddNewNodeByClass(class_name, name)
 
 
-def push_results(scene, input_node, result, *, opacity: float = DEFAULT_OPACITY, threshold: float | None = None,
-                 top_percent: float = DEFAULT_TOP_PERCENT, vr_logic=None, volume_rendering: bool = True,
-                 show_in_views: bool = True) -> SceneOutputs:
+def push_results(scene, input_node, result, options: PushOptions | None = None, *, vr_logic=None) -> SceneOutputs:
     """Create or update the output nodes of ``result`` (a DiagnosisResult for ``input_node``).
 
-    The keywords are those of :class:`PushOptions`. ``threshold`` (relevance value) overrides the automatic
-    one; ``vr_logic`` is Slicer's vtkSlicerVolumeRenderingLogic (``slicer.modules.volumerendering.logic()``
-    in Slicer, ``SlicerRuntime.vr_logic`` headless); without it no volume rendering is set up.
-    Raises SceneError when the result's grid is not the input node's; on any failure the scene is left
-    as it was.
+    ``options``: the display choices (default :class:`PushOptions`; its ``threshold``, a relevance value,
+    overrides the automatic one); ``vr_logic`` is Slicer's vtkSlicerVolumeRenderingLogic
+    (``slicer.modules.volumerendering.logic()`` in Slicer, ``SlicerRuntime.vr_logic`` headless); without it no
+    volume rendering is set up. Raises SceneError when the result's grid is not the input node's; on any
+    failure the scene is left as it was.
     """
     t0 = time.perf_counter()
-    options = PushOptions(opacity=opacity, threshold=threshold, top_percent=top_percent,
-                          volume_rendering=volume_rendering, show_in_views=show_in_views)
+    options = options if options is not None else PushOptions()
     rel = result.relevance
     image = input_node.GetImageData()
     in_shape = tuple(image.GetDimensions()) if image is not None else None
