@@ -16,7 +16,9 @@ import numpy as np
 import pytest
 
 from addiagnosis.cli.main import main
-from addiagnosis.cohort.run import JOURNAL, Journal, discover, parse_shard
+from addiagnosis.cohort.inputs import discover
+from addiagnosis.cohort.journal import JOURNAL, Journal
+from addiagnosis.cohort.shards import parse_shard
 from addiagnosis.errors import InputError
 
 from conftest import CLASSES, phantom
@@ -110,7 +112,7 @@ def test_shard_parsing():
 
 def test_per_scan_label_maps_refused_for_a_model_without_geometry(tmp_path):
     """seed-raw reshapes raw voxels: a per-scan label map cannot be taken onto its grid, so it is refused up front."""
-    from addiagnosis.cohort.run import load_regions
+    from addiagnosis.cohort.regions import load_regions
 
     names = tmp_path / "names.tsv"
     names.write_text("index\tname\n1\thippocampus\n")
@@ -184,25 +186,26 @@ def test_bad_scans_are_rows_and_the_run_goes_on(tmp_path, capsys, folder, tiny_p
 
 def _crashing_prepare(job):
     """A worker step that dies like a segfault on one scan (os._exit: no exception, no cleanup)."""
-    from addiagnosis.cohort import run as cohort
+    from addiagnosis.cohort import pool
 
-    if "crash" in job["path"]:
+    if "crash" in job.path:
         os._exit(3)
-    return cohort._real_prepare_job(job)
+    return pool.real_prepare_job(job)
 
 
 def test_a_worker_dying_costs_one_scan(tmp_path, monkeypatch, tiny_package):
-    from addiagnosis.cohort import run as cohort
+    from addiagnosis.cohort import pool
+    from addiagnosis.cohort.run import Options, run
 
     data = tmp_path / "data"
     for name in ("a", "b", "crash", "d", "e"):
         small_scan(data / f"{name}.nii.gz", ord(name[0]))
-    monkeypatch.setattr(cohort, "_real_prepare_job", cohort.prepare_job, raising=False)
-    monkeypatch.setattr(cohort, "prepare_job", _crashing_prepare)
+    monkeypatch.setattr(pool, "real_prepare_job", pool.prepare_job, raising=False)
+    monkeypatch.setattr(pool, "prepare_job", _crashing_prepare)
     if not sys.platform.startswith("linux"):
         pytest.skip("needs forked workers (Linux, model on the CPU) to run the patched step")
-    summary = cohort.run(discover([data]), cohort.Options(out=tmp_path / "res", model=str(tiny_package), workers=2),
-                         log=lambda msg: None)
+    summary = run(discover([data]), Options(out=tmp_path / "res", model=str(tiny_package), workers=2),
+                  log=lambda msg: None)
     assert (summary.ok, summary.failed) == (4, 1)
     rows = {r["scan_id"]: r for r in read_tsv(tmp_path / "res" / "results.tsv")}
     assert rows["crash"]["status"] == "error" and "worker process died" in rows["crash"]["error"]
@@ -292,7 +295,7 @@ def test_merge_names_the_missing_shard(tmp_path, capsys, folder, tiny_package):
 @pytest.fixture(scope="module")
 def ad_cn_results(tmp_path_factory):
     """3 AD + 3 CN synthetic subjects, bundled model, relevance for AD, synthetic MNI label map."""
-    from addiagnosis.cohort.run import synthetic_labelmap
+    from addiagnosis.cohort.regions import synthetic_labelmap
     from addiagnosis.research.synth import _generate_one, subject_params
 
     root = tmp_path_factory.mktemp("adcn")
@@ -314,7 +317,7 @@ def ad_cn_results(tmp_path_factory):
 
 
 def test_regional_sums_add_up_to_the_total(ad_cn_results):
-    from addiagnosis.cohort.run import load_regions
+    from addiagnosis.cohort.regions import load_regions
     from addiagnosis.models.package import find_package
 
     out, labels, names = ad_cn_results

@@ -8,7 +8,10 @@ from pathlib import Path
 
 from addiagnosis import RESEARCH_USE
 from addiagnosis.cli.options import engine_options
-from addiagnosis.cohort.run import Options, discover, merge, parse_shard, run, synthetic_labelmap
+from addiagnosis.cohort.inputs import discover
+from addiagnosis.cohort.regions import synthetic_labelmap
+from addiagnosis.cohort.run import Options, run
+from addiagnosis.cohort.shards import merge, parse_shard
 
 
 def add_batch_arguments(p) -> None:
