@@ -146,19 +146,10 @@ class ThreeDView(_View):
     def fit(self, bounds, direction: str = "oblique") -> None:
         cam_dm = self.group.GetDisplayableManagerByClassName("vtkMRMLCameraDisplayableManager")
         camera_node = cam_dm.GetCameraNode() if cam_dm is not None else None
-        centre = [(bounds[2 * i] + bounds[2 * i + 1]) / 2 for i in range(3)]
-        radius = max(bounds[2 * i + 1] - bounds[2 * i] for i in range(3))
-        offsets = {"anterior": (0, 1, 0), "left": (-1, 0, 0), "superior": (0, 0, 1),
-                   "oblique": (-0.62, 0.62, 0.48)}
-        d = offsets[direction]
-        position = [centre[i] + 1.7 * radius * d[i] for i in range(3)]
-        up = (0, 1, 0) if direction == "superior" else (0, 0, 1)
         if camera_node is not None:
-            camera_node.SetFocalPoint(*centre)
-            camera_node.SetPosition(*position)
-            camera_node.SetViewUp(*up)
-            camera_node.ResetClippingRange()
+            point_camera(camera_node, bounds, direction)
         else:  # pragma: no cover
+            centre, position, up = camera_pose(bounds, direction)
             cam = self.renderer.GetActiveCamera()
             cam.SetFocalPoint(*centre)
             cam.SetPosition(*position)
@@ -168,6 +159,29 @@ class ThreeDView(_View):
     def render(self, path: Path) -> Path:
         self.renderer.ResetCameraClippingRange()
         return self.png(path)
+
+
+def camera_pose(bounds, direction: str = "oblique"):
+    """(focal point, position, view up) of a camera looking at RAS ``bounds`` from ``direction``.
+
+    "oblique" is front-left-above, so that the axial slice shown in the 3D view gives the relevance context.
+    """
+    centre = [(bounds[2 * i] + bounds[2 * i + 1]) / 2 for i in range(3)]
+    radius = max(bounds[2 * i + 1] - bounds[2 * i] for i in range(3))
+    offsets = {"anterior": (0, 1, 0), "left": (-1, 0, 0), "superior": (0, 0, 1), "oblique": (-0.62, 0.62, 0.48)}
+    d = offsets[direction]
+    position = [centre[i] + 1.7 * radius * d[i] for i in range(3)]
+    up = (0, 1, 0) if direction == "superior" else (0, 0, 1)
+    return centre, position, up
+
+
+def point_camera(camera_node, bounds, direction: str = "oblique") -> None:
+    """Point a vtkMRMLCameraNode at RAS ``bounds`` from ``direction`` (see :func:`camera_pose`)."""
+    centre, position, up = camera_pose(bounds, direction)
+    camera_node.SetFocalPoint(*centre)
+    camera_node.SetPosition(*position)
+    camera_node.SetViewUp(*up)
+    camera_node.ResetClippingRange()
 
 
 class SceneViews:

@@ -1,0 +1,144 @@
+"""The page of one web session (trame, Vuetify 3): the side panel of controls and results, and the four views.
+
+Built once per session from :class:`~addiagnosis.web.session.state.PageState`'s keys and the session's actions;
+the styles are in ``static/addiagnosis-web.css``, the upload script in ``static/addiagnosis-web.js``.
+"""
+
+from __future__ import annotations
+
+from addiagnosis.web.common import DOWNLOADS
+from addiagnosis.web.session.state import VIEWS, slice_key
+from addiagnosis.web.session.state import PageState as S
+
+DOWNLOAD_ICONS = ("mdi-cube-outline", "mdi-code-json", "mdi-image")
+
+
+def build_ui(server, session):
+    """The page's layout, bound to ``session`` (a :class:`~addiagnosis.web.session.logic.Session`)."""
+    from trame.ui.vuetify3 import VAppLayout
+    from trame.widgets import html
+    from trame.widgets import vuetify3 as v
+
+    ctrl = server.controller
+    ctrl.trigger("addiagnosis_upload_started")(session.upload_started)
+    ctrl.trigger("addiagnosis_uploaded")(session.uploaded)
+    ctrl.trigger("addiagnosis_upload_failed")(session.upload_failed)
+    with VAppLayout(server, full_height=True, theme="dark") as layout:
+        _app_bar()
+        with v.VNavigationDrawer(permanent=True, width=360, border="e", classes="pa-3"):
+            with html.Div(classes="d-flex flex-column ga-3"):
+                _scan_controls(session)
+                _result(session)
+                _display_controls(session)
+                _downloads()
+        with v.VMain():
+            _view_grid(session)
+    return layout
+
+
+def _app_bar() -> None:
+    from trame.widgets import html
+    from trame.widgets import vuetify3 as v
+
+    with v.VAppBar(density="compact", flat=True, border="b"):
+        v.VAppBarTitle("ADDiagnosis", classes="font-weight-bold")
+        html.Div(f"{{{{ {S.research_use} }}}}", classes="text-caption text-amber-lighten-2 mr-4",
+                 id="research-use-bar")
+
+
+def _scan_controls(session) -> None:
+    """Scan (example or upload), model, method, class explained, Diagnose and its progress."""
+    from trame.widgets import html
+    from trame.widgets import vuetify3 as v
+
+    v.VBtn("Use the example scan", id="use-example", block=True, color="primary", variant="tonal",
+           prepend_icon="mdi-brain", click=session.use_example, disabled=(f"{S.busy}",))
+    with html.Label(classes="addiagnosis-drop", id="drop-zone"):
+        html.Input(type="file", accept=".nii,.gz", classes="addiagnosis-file", id="file-input")
+        html.Div("Upload .nii / .nii.gz", classes="text-body-2 font-weight-medium")
+        html.Div("click to choose, or drop a file here", classes="text-caption text-medium-emphasis")
+    html.Div(f"{{{{ {S.scan_name} }}}}", v_if=f"{S.has_scan}", id="scan-name", classes="text-body-2 font-weight-medium")
+    html.Div(f"{{{{ {S.scan_info} }}}}", v_if=f"{S.has_scan}", id="scan-info",
+             classes="text-caption text-medium-emphasis mt-n3")
+    v.VSelect(label="Model", v_model=(f"{S.model}",), items=(f"{S.models}",), density="compact", hide_details=True,
+              disabled=(f"{S.busy}",), id="model-select")
+    with html.Div(classes="d-flex ga-2"):
+        v.VSelect(label="Method", v_model=(f"{S.method}",), items=(f"{S.methods}",), density="compact",
+                  hide_details=True, disabled=(f"{S.busy}",), id="method-select", style="flex: 3")
+        v.VSelect(label="Explain", v_model=(f"{S.target}",), items=(f"{S.targets}",), density="compact",
+                  hide_details=True, disabled=(f"{S.busy}",), id="target-select", style="flex: 2")
+    v.VProgressLinear(v_if=f"{S.uploading}", indeterminate=True, color="primary", id="uploading")
+    v.VBtn("Diagnose", id="diagnose", block=True, color="deep-orange", size="large",
+           disabled=(f"{S.busy} || {S.uploading} || !{S.has_scan}",), loading=(f"{S.busy}",), click=session.diagnose)
+    with html.Div(v_if=f"{S.busy}", id="progress"):
+        v.VProgressLinear(model_value=(f"{S.progress}",), color="deep-orange", height=6, rounded=True)
+        html.Div(f"{{{{ {S.stage} }}}}", classes="text-caption mt-1", id="stage")
+    v.VAlert(text=(f"{S.message}",), v_if=f"{S.message}", type="error", density="compact", variant="tonal",
+             id="message", classes="text-body-2")
+
+
+def _result(session) -> None:
+    """Predicted class, a bar per class, what was explained, the research-use line and the model's notice."""
+    from trame.widgets import html
+
+    with html.Div(v_if=f"{S.has_result}", id="result", classes="d-flex flex-column ga-1"):
+        with html.Div(classes="text-h6"):
+            html.Span("Predicted ")
+            html.Span(f"{{{{ {S.predicted} }}}}", id="predicted", classes="text-deep-orange-lighten-1")
+            html.Span(f" (p={{{{ {S.predicted_p} }}}})", classes="text-body-2 text-medium-emphasis")
+        with html.Div(v_for=f"row in {S.probs}", key="row.name", classes="addiagnosis-bar-row"):
+            html.Span("{{ row.name }}", classes="addiagnosis-bar-name")
+            with html.Div(classes="addiagnosis-bar-track"):
+                html.Div(classes=("row.top ? 'addiagnosis-bar top' : 'addiagnosis-bar'",),
+                         style=("{ width: row.width }",))
+            html.Span("{{ row.text }}", classes="addiagnosis-prob", data_class=("row.name",), data_p=("row.p",),
+                      __properties=[("data_class", "data-class"), ("data_p", "data-p")])
+        html.Div(f"{{{{ {S.result_text} }}}} · {{{{ {S.seconds} }}}}", classes="text-caption text-medium-emphasis")
+        html.Div(f"{{{{ {S.research_use} }}}}", id="research-use", classes="text-caption text-amber-lighten-2")
+        html.Div(f"{{{{ {S.notice} }}}}", v_if=f"{S.notice}", id="notice", classes="text-caption text-amber-lighten-2")
+        html.Div("{{ w }}", v_for=f"w in {S.warnings}", classes="text-caption text-orange")
+
+
+def _display_controls(session) -> None:
+    from trame.widgets import html
+    from trame.widgets import vuetify3 as v
+
+    with html.Div(v_if=f"{S.has_result}", classes="d-flex flex-column"):
+        v.VSlider(label="Opacity", v_model=(f"{S.opacity}",), min=0, max=1, step=0.05, density="compact",
+                  hide_details=True, id="opacity", thumb_label=True)
+        v.VSlider(label="Top %", v_model=(f"{S.top_percent}",), min=0.5, max=50, step=0.5, density="compact",
+                  hide_details=True, id="threshold", thumb_label=True)
+
+
+def _downloads() -> None:
+    from trame.widgets import html
+    from trame.widgets import vuetify3 as v
+
+    with html.Div(v_if=f"{S.downloads_ready}", classes="d-flex flex-wrap ga-2", id="downloads"):
+        for name, icon in zip(DOWNLOADS, DOWNLOAD_ICONS):
+            # a plain link with the download attribute: the page never navigates (its websocket stays)
+            with html.A(href=(f"'download/{name}?t=' + {S.download_stamp}",), download=name,
+                        classes="addiagnosis-dl", id=f"download-{name.split('.')[0]}"):
+                v.VIcon(icon, size="small", classes="mr-1")
+                html.Span(name)
+
+
+def _view_grid(session) -> None:
+    """Axial, coronal, sagittal and 3D views, each with a bar under it (a slice slider for the slice views)."""
+    from trame.widgets import client, html
+    from trame.widgets import vuetify3 as v
+
+    with html.Div(classes="addiagnosis-grid"):
+        for key, title in (*VIEWS, ("threed", "3D")):
+            with html.Div(classes="addiagnosis-cell", id=f"view-{key}"):
+                with html.Div(classes="addiagnosis-view"):
+                    client.ServerTemplate(name=session.views.template_names[key])
+                with html.Div(classes="addiagnosis-cell-bar"):
+                    html.Span(title, classes=f"addiagnosis-label {key}")
+                    if key == "threed":
+                        html.Span("volume rendering of the top relevance", v_if=f"{S.has_result}",
+                                  classes="text-caption text-medium-emphasis ml-2")
+                        continue
+                    v.VSlider(v_model=(slice_key(key),), min=(slice_key(key, "min"),), max=(slice_key(key, "max"),),
+                              step=(slice_key(key, "step"),), density="compact", hide_details=True,
+                              disabled=(f"!{S.has_scan}",), id=f"slice-{key}", classes="mx-2")

@@ -1,0 +1,131 @@
+"""The session's views: trame-slicer's axial, coronal, sagittal and 3D views of its scene, streamed to the page.
+
+Renders happen when the session asks (:meth:`SessionViews.render`); inside :meth:`SessionViews.held` MRML events
+schedule none (the scene is in batch mode and the views' renders are blocked), so a push costs one render per
+view. Only trame-slicer's public view API and Slicer's own logic classes are used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from addiagnosis.web.session.state import VIEWS
+
+VIEW_COLOURS = {"axial": "#F34A33", "coronal": "#6DAD4A", "sagittal": "#EFD64D"}
+# the legend in the web app's small views: a narrow bar low on the right, so its title sits beside the head
+LEGEND_SIZE = (0.08, 0.4)
+LEGEND_POSITION = (0.98, 0.06)
+LEGEND_FONT_SIZE = 11
+
+
+def _no_gutter(*_args) -> None:
+    """No per-view tool gutter: the page has its own controls."""
+
+
+class SessionViews:
+    """Three slice views and a 3D view of one :class:`~addiagnosis.mrml.runtime.SlicerRuntime` scene."""
+
+    def __init__(self, server, runtime, on_slice_moved):
+        from trame_slicer.core import ViewManager
+        from trame_slicer.rca_view import register_rca_factories
+        from trame_slicer.views import ViewLayoutDefinition
+
+        self.runtime = runtime
+        self.scene = runtime.scene
+        manager = ViewManager(self.scene, runtime.app_logic)
+        register_rca_factories(manager, server, slice_view_ui_f=_no_gutter, three_d_view_ui_f=_no_gutter,
+                               rca_encoder="jpeg", interactive_quality=80)
+        self.slices = {}
+        for key, orientation in VIEWS:
+            definition = ViewLayoutDefinition.slice_view(orientation, label=key, color=VIEW_COLOURS[key])
+            self.slices[key] = manager.create_view(definition)
+            self.slices[key].get_view_node().AddObserver("ModifiedEvent", lambda *_a, key=key: on_slice_moved(key))
+        self.threed = manager.create_view(ViewLayoutDefinition.threed_view(name="threed", background_color="#000000"))
+        self.template_names = {key: server.translator.translate_key(view.get_singleton_tag())
+                               for key, view in [*self.slices.items(), ("threed", self.threed)]}
+
+    @contextlib.contextmanager
+    def held(self):
+        """MRML events schedule no render inside this block; the caller renders once afterwards."""
+        views = [*self.slices.values(), self.threed]
+        blocked = [v for v in views if not v.is_render_blocked]
+        for v in blocked:
+            v.set_render_blocked(True)
+        self.scene.StartState(self.scene.BatchProcessState)
+        try:
+            yield
+        finally:
+            self.scene.EndState(self.scene.BatchProcessState)
+            for v in blocked:
+                v.set_render_blocked(False)
+
+    def render(self, slices_only: bool = False) -> None:
+        for view in [*self.slices.values()] + ([] if slices_only else [self.threed]):
+            view.schedule_render()
+
+    def show_scan(self, node) -> None:
+        """The scan as background of every slice view, no overlay, fitted."""
+        for view in self.slices.values():
+            view.set_background_volume_id(node.GetID())
+            view.set_foreground_volume_id(None)
+            view.fit_view_to_content()
+
+    def jump_to(self, ras) -> None:
+        """Every slice view through ``ras`` (snapped to the nearest voxel plane, as Slicer's views do)."""
+        for view in self.slices.values():
+            view.get_view_node().JumpSliceByOffsetting(*[float(v) for v in ras])
+            self.runtime.app_logic.GetSliceLogic(view.get_view_node()).SnapSliceOffsetToIJK()
+
+    def reset(self, node, focus_ras=None) -> None:
+        """Slice views fitted to the scan (through ``focus_ras`` when given), the 3D camera front-left-above."""
+        from addiagnosis.mrml.views import point_camera
+
+        for view in self.slices.values():
+            view.fit_view_to_content()
+        if focus_ras is not None:
+            self.jump_to(focus_ras)
+        self.slices["axial"].set_visible_in_3d(True)  # the axial slice gives the 3D view context
+        camera = self.threed.get_camera_node()
+        if camera is not None:
+            bounds = [0.0] * 6
+            node.GetRASBounds(bounds)
+            point_camera(camera, bounds, "oblique")
+
+    def slice_positions(self) -> dict[str, float]:
+        return {key: float(view.get_slice_value()) for key, view in self.slices.items()}
+
+    def restore_slices(self, positions: dict[str, float]) -> None:
+        for key, value in positions.items():
+            self.slices[key].set_slice_value(value)
+
+    def slice_ranges(self):
+        """{view: (value, low, high, step)} of the slice sliders."""
+        out = {}
+        for key, view in self.slices.items():
+            low, high = view.get_slice_range()
+            out[key] = (float(view.get_slice_value()), float(low), float(high), float(view.get_slice_step() or 1.0))
+        return out
+
+    def set_slice(self, key: str, value: float) -> None:
+        view = self.slices[key]
+        if abs(view.get_slice_value() - value) > 1e-6:
+            view.set_slice_value(value)
+            view.schedule_render()
+
+    def slice_value(self, key: str) -> float:
+        return float(self.slices[key].get_slice_value())
+
+    def show_legend(self, legend) -> None:
+        """Fit the colour legend into the small web views and make every view show it from the first push.
+
+        Slicer's legend displayable manager makes its actor hidden when the slice composite node changes
+        during the push's batch mode and looks again only when the legend node itself is modified (so the
+        legend appeared only after the second Diagnose): the modification here, after the batch, is that look.
+        """
+        if legend is None:
+            return
+        legend.SetSize(*LEGEND_SIZE)
+        legend.SetPosition(*LEGEND_POSITION)
+        for prop in (legend.GetTitleTextProperty(), legend.GetLabelTextProperty()):
+            prop.SetFontSize(LEGEND_FONT_SIZE)
+        legend.Modified()
