@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import pickle
@@ -262,3 +263,169 @@ def test_batch_cohort_with_one_bad_scan(tmp_path, capsys, tiny_package):
         for c in CLASSES:
             assert float(row[f"p_{c}"]) == pytest.approx(report["probabilities"][c], abs=1e-6)
         assert (out / row["output"] / "relevance.nii.gz").is_file()
+
+
+# ------------------------------------------------------------------------------ the command table and imports
+NO_TORCH = """
+import runpy, sys
+sys.argv = {argv!r}
+try:
+    runpy.run_module("addiagnosis.cli", run_name="__main__")
+except SystemExit as exc:
+    code = exc.code
+assert "torch" not in sys.modules, "torch was imported"
+sys.exit(code)
+"""
+
+
+@pytest.mark.parametrize("argv", [["addiagnosis", "--help"], ["addiagnosis", "models"]])
+def test_help_and_models_do_not_import_torch(argv, model_dir):
+    """`python -m addiagnosis.cli --help` lists every command of the table; --help and models load no torch."""
+    from addiagnosis.cli.main import COMMANDS
+
+    env = dict(os.environ, ADDIAGNOSIS_MODEL_PATH=str(model_dir))
+    proc = subprocess.run([sys.executable, "-c", NO_TORCH.format(argv=argv)], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    if argv[1] == "--help":
+        listed = [line.split()[0] for line in proc.stdout.splitlines() if line.startswith("    ")
+                  and not line.startswith("     ")]
+        assert listed == [c.name for c in COMMANDS]
+    else:
+        assert "tiny test-1" in proc.stdout
+
+
+def test_every_command_is_registered_by_its_module_in_the_table():
+    from addiagnosis.cli.main import COMMANDS, build_parser
+
+    parser = build_parser(load_all=True)
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert list(sub.choices) == [c.name for c in COMMANDS]  # nothing registered outside the table
+    for c in COMMANDS:
+        func = sub.choices[c.name].get_default("func")
+        tools = [a for a in sub.choices[c.name]._actions if isinstance(a, argparse._SubParsersAction)]
+        funcs = [func] if func else [p.get_default("func") for p in tools[0].choices.values()]
+        assert all(f is not None and f.__module__ == f"addiagnosis.cli.{c.module}" for f in funcs), c
+
+
+def test_a_command_module_that_fails_to_import_is_a_one_line_error(monkeypatch, capsys):
+    import addiagnosis.cli.main as cli_main
+
+    monkeypatch.delitem(sys.modules, "addiagnosis.cli.research", raising=False)
+    monkeypatch.setitem(sys.modules, "addiagnosis.research.synth", None)  # as if it could not be imported
+    code, out, err = run_cli(capsys, "synth", "--out", "x")
+    assert code == 2 and out == "" and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("addiagnosis: error: command 'synth' is unavailable: cannot import addiagnosis.cli.research")
+    assert "addiagnosis.research.synth" in err  # the reason
+    with pytest.raises(SystemExit) as exc:  # --help still lists it
+        cli_main.main(["--help"])
+    assert exc.value.code == 0 and "synth" in capsys.readouterr().out
+    # a dependency missing when the command runs: one line naming it
+    import addiagnosis.cli.models as cli_models
+
+    monkeypatch.setattr(cli_models, "cmd_models", lambda args: __import__("no_such_dependency_4711"))
+    code, out, err = run_cli(capsys, "models")
+    assert code == 2 and err == ("addiagnosis: error: 'models' needs the Python package 'no_such_dependency_4711', "
+                                 "which is not installed\n")
+
+
+@pytest.mark.parametrize("n", ["0", "-5"])
+def test_compare_bootstrap_below_one_is_a_one_line_error(tmp_path, capsys, n):
+    rows = ["scan\tstatus\tgroup\tsum_mtl\tdensity_mtl"]
+    rows += [f"s{i}\tok\t{g}\t{1.0 + i}\t{0.1 * (i + 1)}" for i, g in enumerate(["AD", "AD", "AD", "CN", "CN", "CN"])]
+    (tmp_path / "results.tsv").write_text("\n".join(rows) + "\n")
+    code, out, err = run_cli(capsys, "compare", tmp_path, "--bootstrap", "20", "--out", tmp_path / "ok")
+    assert code == 0 and "mtl" in out and (tmp_path / "ok" / "gain.tsv").is_file()  # the table itself is usable
+    code, out, err = run_cli(capsys, "compare", tmp_path, f"--bootstrap={n}", "--out", tmp_path / "bad")
+    assert code == 2 and out == "" and "Traceback" not in err
+    assert err == (f"addiagnosis: error: --bootstrap {n}: the number of bootstrap resamples must be at least 1\n")
+    assert not (tmp_path / "bad").exists()
+
+
+# ------------------------------------------------------------------------ package tools (rewrite a package)
+def _cohort(folder: Path) -> Path:
+    """Three small scans with ground-truth masks and a participants.tsv (what `evaluate` reads)."""
+    folder.mkdir()
+    rows = ["participant_id\tclass\tscan\tmask\tseverity"]
+    rng = np.random.default_rng(1)
+    for i, c in enumerate(["CN", "AD", "AD"]):
+        a = rng.normal(0.1, 0.02, (24, 24, 24)).astype(np.float32)
+        a[4:20, 4:20, 4:20] += 1.0
+        m = np.zeros(a.shape, np.uint8)
+        m[8:16, 8:16, 8:16] = 1
+        nib.save(nib.Nifti1Image(a, np.diag([4.0, 4.0, 4.0, 1.0])), str(folder / f"s{i}.nii.gz"))
+        nib.save(nib.Nifti1Image(m, np.diag([4.0, 4.0, 4.0, 1.0])), str(folder / f"s{i}_mask.nii.gz"))
+        rows.append(f"s{i}\t{c}\ts{i}.nii.gz\ts{i}_mask.nii.gz\t{i}")
+    (folder / "participants.tsv").write_text("\n".join(rows) + "\n")
+    return folder
+
+
+def test_package_record_evaluation_rewrites_the_card_with_checksums_verified(tmp_path, capsys, tiny_package):
+    import shutil
+
+    from addiagnosis.models.package import find_package
+    from addiagnosis.research.evaluate import summary
+    from addiagnosis.research.packaging import verify_checksums
+
+    pkg = tmp_path / "pkg"
+    shutil.copytree(tiny_package, pkg)
+    data = _cohort(tmp_path / "cohortA")
+    code, out, err = run_cli(capsys, "evaluate", pkg, data, "--out", tmp_path / "eval", "--randomisation-n", "2",
+                             "--threads", "1", "--record-in-card")
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    card = json.loads((pkg / "card.json").read_text())
+    assert card["evaluation"]["accuracy"] == summary(metrics)["accuracy"]  # --record-in-card merged it
+    before = dict(card)
+
+    code, out, err = run_cli(capsys, "package", "record-evaluation", pkg, f"A={tmp_path / 'eval' / 'metrics.json'}",
+                             "--note", "test run")
+    assert code == 0, err
+    assert "evaluation recorded for A (checksums verified)" in out
+    card = json.loads((pkg / "card.json").read_text())
+    want = summary(metrics)
+    want["data"] = "cohortA"  # the cohort folder's name, not this machine's path
+    assert card["evaluation"] == json.loads(json.dumps({"by_cohort": {"A": want}, "command": "test run"}))
+    assert {k: v for k, v in card.items() if k != "evaluation"} == {k: v for k, v in before.items()
+                                                                    if k != "evaluation"}
+    verify_checksums(pkg)  # weights still match the card: the package loads
+    assert find_package(str(pkg)).load_state_dict()
+    assert not [p.name for p in pkg.iterdir() if p.name.startswith(".")]  # no staging left behind
+
+    # bad input: one line, the card untouched
+    text = (pkg / "card.json").read_bytes()
+    (tmp_path / "bad.json").write_text('{"not": "metrics"}')
+    for args, needle in (([f"A={tmp_path / 'bad.json'}"], "not the metrics.json of `addiagnosis evaluate`"),
+                         ([f"A={tmp_path / 'missing.json'}"], "cannot read")):
+        code, out, err = run_cli(capsys, "package", "record-evaluation", pkg, *args)
+        _assert_user_error(code, err, needle)
+        assert (pkg / "card.json").read_bytes() == text
+    weights = pkg / card["weights"]["file"]
+    weights.write_bytes(weights.read_bytes() + b"\0")  # tampered weights are never re-signed
+    code, out, err = run_cli(capsys, "package", "record-evaluation", pkg, f"A={tmp_path / 'eval' / 'metrics.json'}")
+    _assert_user_error(code, err, "weights file does not match its SHA-256 in the card")
+    assert (pkg / "card.json").read_bytes() == text
+
+
+def test_package_add_template(tmp_path, capsys):
+    from addiagnosis.files import sha256_file
+    from addiagnosis.models.package import write_package
+    from addiagnosis.prep.template import ASSETS_KEY, load_assets
+    from addiagnosis.research.packaging import verify_checksums
+
+    from conftest import card_for, random_model
+
+    pkg = write_package(tmp_path / "tpl", random_model().state_dict(), card_for("tpl", kind="template")).path
+    code, out, err = run_cli(capsys, "package", "add-template", pkg)
+    assert code == 0, err
+    entry = json.loads((pkg / "card.json").read_text())["preprocessing"][ASSETS_KEY]
+    assert sha256_file(pkg / entry["file"]) == entry["sha256"] and f"sha256 {entry['sha256'][:12]}" in out
+    verify_checksums(pkg)
+    template = load_assets(pkg, entry)  # what template alignment reads: SHA-256 checked again
+    assert template.head.ndim == 3 and template.brain.any()
+    physical = write_package(tmp_path / "phys", random_model().state_dict(), card_for("phys")).path
+    text = (physical / "card.json").read_bytes()
+    code, out, err = run_cli(capsys, "package", "add-template", physical)
+    _assert_user_error(code, err, "not a template-preprocessed model package")
+    assert (physical / "card.json").read_bytes() == text and sorted(p.name for p in physical.iterdir()) == [
+        "card.json", "weights.pt"]

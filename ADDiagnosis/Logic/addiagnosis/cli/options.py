@@ -17,14 +17,6 @@ def engine_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
 
 
-def positive_int(text: str) -> int:
-    """An argparse type: a whole number of at least 1 (argparse turns the ValueError into a one-line error)."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def name_value(text: str) -> tuple[str, str]:
     """An argparse type: ``NAME=VALUE`` (both non-empty) -> (NAME, VALUE)."""
     name, sep, value = text.partition("=")

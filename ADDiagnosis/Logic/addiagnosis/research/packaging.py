@@ -28,7 +28,7 @@ def verify_checksums(folder: str | os.PathLike, card: ModelCard | None = None, t
     """The package's weights (and, with ``template``, its template file) match their SHA-256 in the card."""
     folder = Path(folder)
     card = card or read_card(folder)
-    files = [(folder / card.weights.file, card.weights.sha256, "weights")]
+    files = [(folder / card.weights.file, card.weights.sha256, "weights file")]
     entry = (card.raw.get("preprocessing") or {}).get(ASSETS_KEY)
     if template and isinstance(entry, dict):
         files.append((folder / str(entry.get("file", "")), str(entry.get("sha256", "")), "template file"))
