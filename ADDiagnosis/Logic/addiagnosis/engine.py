@@ -78,7 +78,7 @@ class DiagnosisResult:
                 "shape": list(input_volume.shape),
                 "spacing_mm": [round(s, 6) for s in input_volume.spacing],
                 "ijk_to_ras": input_volume.ijk_to_ras.tolist(),
-                **({k: v for k, v in input_volume.meta.items() if k in ("source", "sha256")}),
+                **({k: v for k, v in input_volume.meta.items() if k in ("source", "sha256", "series_uid")}),
             }
         if extra:
             rep.update(extra)

@@ -1,4 +1,4 @@
-"""The one value type (Volume) and NIfTI input/output with the checks a scan must pass.
+"""The one value type (Volume), NIfTI input/output and DICOM series input, with the checks a scan must pass.
 
 A Volume is a 3D voxel array in IJK order plus the 4x4 IJK->RAS matrix (the
 nibabel affine; Slicer's IJKToRAS) and a name. Readers refuse bad input with a
@@ -134,6 +134,35 @@ def read_nifti(path: str | os.PathLike, name: str | None = None) -> Volume:
     vol.meta["nifti_geometry"] = {k: np.array(header[k]).tolist() for k in _GEOMETRY_FIELDS}
     vol.meta["nifti_geometry"]["pixdim"] = np.array(header["pixdim"][:4]).tolist()
     return vol
+
+
+def read_dicom(folder: str | os.PathLike, series: str | None = None, name: str | None = None) -> Volume:
+    """One DICOM series of a folder as a float32 Volume (:mod:`addiagnosis.io.dicom`: checks, geometry, choice).
+
+    ``meta`` holds ``source`` (the folder), ``series_uid`` and ``sha256`` (of the series' files in slice order);
+    nothing identifying from the DICOM headers."""
+    from addiagnosis.io.dicom import load_series
+
+    with quiet():
+        data, affine, info = load_series(folder, series)
+    vol = Volume(data, affine, name or scan_stem(folder))
+    vol.meta.update(source=str(folder), series_uid=info["series_uid"], sha256=info["sha256"])
+    return vol
+
+
+def read_scan(path: str | os.PathLike, series: str | None = None, name: str | None = None) -> Volume:
+    """What every front end reads a scan with: a NIfTI file, a folder of DICOM files (one series of it: see
+    :func:`read_dicom`), or one DICOM file (its whole series, from the files beside it)."""
+    from addiagnosis.io.dicom import is_dicom_file, series_of_file
+
+    path = Path(path)
+    if path.is_dir():
+        return read_dicom(path, series, name)
+    if path.is_file() and is_dicom_file(path):
+        return read_dicom(path.parent, series or series_of_file(path), name)
+    if series:
+        raise InputError("--series applies to DICOM input only (a folder of DICOM files)", path)
+    return read_nifti(path, name)
 
 
 def _read_header(stream, path):
