@@ -101,6 +101,35 @@ def test_bids_folder_and_table_discovery(tmp_path):
         discover([tmp_path / "nopath.tsv"])
 
 
+def test_a_subject_listed_twice(tmp_path, capsys):
+    """Same group twice: one warning line naming the subject; two groups: refused in one line naming the subject
+    (it would land in either group for compare); two sessions of one subject may differ (a conversion)."""
+    bids = tmp_path / "bids"
+    small_scan(bids / "sub-01" / "anat" / "sub-01_T1w.nii.gz", 1)
+    small_scan(bids / "sub-02" / "anat" / "sub-02_T1w.nii.gz", 2)
+    ptsv = bids / "participants.tsv"
+    ptsv.write_text("participant_id\tgroup\nsub-01\tCN\nsub-02\tAD\n01\tCN\n")  # "01" is sub-01 too
+    lines = []
+    scans = discover([bids], log=lines.append)
+    assert [(s.scan_id, s.group) for s in scans] == [("sub-01", "CN"), ("sub-02", "AD")]
+    assert len(lines) == 1 and "warning" in lines[0] and "sub-01" in lines[0] and "sub-02" not in lines[0]
+    ptsv.write_text("participant_id\tgroup\nsub-01\tCN\nsub-02\tAD\nsub-01\tAD\n")
+    with pytest.raises(InputError, match=r"subject sub-01 is listed twice with different groups \('CN' and 'AD'\)"):
+        discover([bids], log=lines.append)
+    code, _, err = run_cli(capsys, CMD, bids, "--out", tmp_path / "res")
+    assert code == 2 and err.count("\n") == 1 and "sub-01" in err and not (tmp_path / "res").exists()
+
+    table = tmp_path / "scans.tsv"
+    table.write_text("subject\tsession\tgroup\tpath\nP1\tV1\tMCI\tbids/sub-01/anat/sub-01_T1w.nii.gz\n"
+                     "P1\tV2\tAD\tbids/sub-02/anat/sub-02_T1w.nii.gz\n")
+    lines.clear()
+    assert [s.group for s in discover([table], log=lines.append)] == ["MCI", "AD"] and lines == []
+    table.write_text("subject\tgroup\tpath\nP1\tMCI\tbids/sub-01/anat/sub-01_T1w.nii.gz\n"
+                     "P1\tAD\tbids/sub-02/anat/sub-02_T1w.nii.gz\n")
+    with pytest.raises(InputError, match="subject P1 is listed twice"):
+        discover([table])
+
+
 def test_shard_parsing():
     assert parse_shard("2/4", {}) == (2, 4)
     assert parse_shard(None, {"RANK": "3", "WORLD_SIZE": "4"}) == (4, 4)
@@ -182,6 +211,35 @@ def test_bad_scans_are_rows_and_the_run_goes_on(tmp_path, capsys, folder, tiny_p
     # another method in the same folder is refused in one line
     code, _, err = run_cli(capsys, CMD, data, "--model", tiny_package, "--out", out, "--method", "lrp-epsilon")
     assert code == 2 and err.count("\n") == 1 and "other settings" in err
+
+
+def test_journal_lines_that_are_not_records_are_skipped(tmp_path, capsys, tiny_package):
+    """Valid JSON that is not a record (null, a list, {}, no scan_id, wrong types) is skipped like a torn line:
+    counted in one warning line on the re-run, never a crash; the scans it does not name are done again."""
+    data = tmp_path / "data"
+    for i in range(3):
+        small_scan(data / f"s{i}.nii.gz", 70 + i)
+    out = tmp_path / "res"
+    common = ["--model", tiny_package, "--out", out, "--workers", "0", "-q"]
+    assert run_cli(capsys, CMD, data, *common)[0] == 0
+    journal = out / JOURNAL
+    records = _journal(out)
+    kept, lost = records[:2], records[2]
+    hostile = ["null", "[1,2]", "{}", '"text"', "42", '{"status": "ok", "sha256": "x"}',
+               '{"scan_id": ["s9"], "status": "ok"}', '{"scan_id": "s9", "status": "ok", "finished": "yesterday"}',
+               '{"scan_id": "s9", "status": "ok", "stat": ["a"]}', '{"scan_id": "s9", "status": "ok", '
+               '"probabilities": {"CN": "high"}}', '{"scan_id": "s9", "status": "maybe"}', "\xff\x00binary"]
+    journal.write_bytes(b"".join(json.dumps(r).encode() + b"\n" for r in kept)
+                        + "\n".join(hostile).encode("latin-1") + b"\n")
+    code, stdout, err = run_cli(capsys, CMD, data, *common)
+    assert code == 0, err
+    warnings = [line for line in err.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and f"{len(hostile)} line(s)" in warnings[0] and "not scan records" in warnings[0]
+    records = _journal(out)
+    assert sorted(r["scan_id"] for r in records) == ["s0", "s1", "s2"]  # the lost scan was done again, once
+    assert [r for r in records if r["scan_id"] == lost["scan_id"]][0]["sha256"] == lost["sha256"]
+    assert [r["status"] for r in read_tsv(out / "results.tsv")] == ["ok"] * 3
+    assert run_cli(capsys, "merge", out)[0] == 0
 
 
 def _crashing_prepare(job):
@@ -289,6 +347,27 @@ def test_merge_names_the_missing_shard(tmp_path, capsys, folder, tiny_package):
                    "--workers", "0", "-q")[0] == 0
     code, _, err = run_cli(capsys, "merge", out)
     assert code == 2 and "2/3, 3/3" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("other", [("--method", "lrp-epsilon"), ("--target", "AD")], ids=["method", "target"])
+def test_merge_refuses_shards_made_with_other_settings(tmp_path, capsys, folder, tiny_package, other):
+    """Shards run apart (another node, started together) each pass the re-run check; merge compares them."""
+    import shutil
+
+    out, elsewhere = tmp_path / "res", tmp_path / "elsewhere"
+    common = ["--model", tiny_package, "--workers", "0", "-q"]
+    assert run_cli(capsys, CMD, folder, "--out", out, "--shard", "1/2", *common)[0] == 0
+    assert run_cli(capsys, CMD, folder, "--out", elsewhere, "--shard", "2/2", *other, *common)[0] == 0
+    shutil.copytree(elsewhere / "parts" / "shard-2-of-2", out / "parts" / "shard-2-of-2")
+    code, _, err = run_cli(capsys, "merge", out)
+    key = other[0][2:]
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"shards 1/2 and 2/2 were made with different settings ({key}: " in err and repr(other[1]) in err
+    assert not (out / "results.tsv").exists()
+    # the same shard made with the same settings merges
+    shutil.rmtree(out / "parts" / "shard-2-of-2")
+    assert run_cli(capsys, CMD, folder, "--out", out, "--shard", "2/2", *common)[0] == 0
+    assert run_cli(capsys, "merge", out)[0] == 0 and len(read_tsv(out / "results.tsv")) == 6
 
 
 # ------------------------------------------------------------------------------------------ regions + compare

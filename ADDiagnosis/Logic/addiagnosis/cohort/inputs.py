@@ -3,7 +3,7 @@
 A folder (recursive ``.nii``/``.nii.gz``), a BIDS dataset (``sub-*/[ses-*/]anat/*_T1w.nii[.gz]``;
 ``participants.tsv`` columns are carried into the results), a TSV/CSV table with a path column (optional
 subject/session/group/labels columns; every other column is carried), a text file with one path per line, or
-single scan files.
+single scan files. A subject listed twice with one group is a warning line; with two groups, a one-line error.
 """
 
 from __future__ import annotations
@@ -12,10 +12,11 @@ import csv
 import io
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from addiagnosis.errors import InputError
+from addiagnosis.errors import InputError, display_name
 from addiagnosis.files import scan_stem
 
 NIFTI_EXT = (".nii", ".nii.gz")
@@ -88,7 +89,31 @@ def _group_of(row: dict, header: list[str], group_column: str | None) -> tuple[s
     return (row.get(col, "") if col else ""), col
 
 
-def discover_table(path: Path, path_column: str | None = None, group_column: str | None = None) -> list[Scan]:
+def check_repeated_subjects(entries, path: Path, log) -> None:
+    """``entries``: (subject, session, group) per table row. A subject (and session) listed twice with two groups
+    is refused in one line naming it (it would land in either group for ``compare``); with the same group, one
+    warning line names every repeated subject."""
+    groups: dict[tuple[str, str], str] = {}
+    repeated: list[str] = []
+    for subject, session, group in entries:
+        if not subject:
+            continue
+        key = (subject, session)
+        who = subject + (f" (session {session})" if session else "")
+        if key in groups and groups[key] != group:
+            raise InputError(f"subject {display_name(who)} is listed twice with different groups "
+                             f"({display_name(groups[key])!r} and {display_name(group)!r}); keep one", path)
+        if key in groups and who not in repeated:
+            repeated.append(who)
+        groups[key] = group
+    if repeated:
+        shown = ", ".join(display_name(w) for w in repeated[:5]) + (" ..." if len(repeated) > 5 else "")
+        log(f"addiagnosis: warning: {display_name(path)}: {len(repeated)} subject(s) listed more than once with "
+            f"the same group: {shown}")
+
+
+def discover_table(path: Path, path_column: str | None = None, group_column: str | None = None,
+                   log=None) -> list[Scan]:
     rows = read_table_rows(path)
     header = list(rows[0].keys())
     pcol = table_column(header, PATH_COLUMNS, path_column, "path")
@@ -115,6 +140,7 @@ def discover_table(path: Path, path_column: str | None = None, group_column: str
         extra = {k: v for k, v in row.items() if k not in used}
         sid = "_".join(x for x in (subject, session) if x) or _relative_id(p, base)
         scans.append(Scan(p, sid, subject, session, group, extra, labels))
+    check_repeated_subjects([(s.subject, s.session, s.group) for s in scans], path, log or _stderr)
     return scans
 
 
@@ -131,7 +157,7 @@ def is_bids(root: Path) -> bool:
         any(root.glob("sub-*/ses-*/anat"))
 
 
-def _participants(ptsv: Path) -> tuple[dict[str, dict], list[str]]:
+def _participants(ptsv: Path, group_column: str | None, log) -> tuple[dict[str, dict], list[str]]:
     """participants.tsv of a BIDS dataset: ``sub-<id>`` -> its other columns, and the header."""
     rows = read_table_rows(ptsv)
     header = list(rows[0].keys())
@@ -139,13 +165,16 @@ def _participants(ptsv: Path) -> tuple[dict[str, dict], list[str]]:
     if pid is None:
         raise InputError("participants.tsv has no participant_id column", ptsv)
     participants: dict[str, dict] = {}
+    keys = []
     for r in rows:
         key = r[pid] if r[pid].startswith("sub-") else f"sub-{r[pid]}"
         participants[key] = {k: v for k, v in r.items() if k != pid}
+        keys.append((key, "", _group_of(r, header, group_column)[0]))
+    check_repeated_subjects(keys, ptsv, log)
     return participants, header
 
 
-def discover_bids(root: Path, group_column: str | None = None) -> list[Scan]:
+def discover_bids(root: Path, group_column: str | None = None, log=None) -> list[Scan]:
     files = sorted({*root.glob("sub-*/anat/*_T1w.nii*"), *root.glob("sub-*/ses-*/anat/*_T1w.nii*")})
     files = [f for f in files if _is_nifti(f)]
     if not files:
@@ -154,7 +183,7 @@ def discover_bids(root: Path, group_column: str | None = None) -> list[Scan]:
     header: list[str] = []
     ptsv = root / "participants.tsv"
     if ptsv.is_file():
-        participants, header = _participants(ptsv)
+        participants, header = _participants(ptsv, group_column, log or _stderr)
     scans = []
     for f in files:
         rel = f.relative_to(root)
@@ -199,33 +228,35 @@ def discover_list(path: Path) -> list[Scan]:
     return out
 
 
-def _discover_one(p: Path, path_column: str | None, group_column: str | None, excl: Path | None) -> list[Scan]:
+def _discover_one(p: Path, path_column: str | None, group_column: str | None, excl: Path | None,
+                  log) -> list[Scan]:
     """The scans one input names (a folder, BIDS dataset, table, list or scan file)."""
     if p.is_dir():
         ptsv = p / "participants.tsv"
         if is_bids(p):
-            return discover_bids(p, group_column)
+            return discover_bids(p, group_column, log)
         if ptsv.is_file() and table_column(list(read_table_rows(ptsv)[0]), PATH_COLUMNS, path_column):
-            return discover_table(ptsv, path_column, group_column)
+            return discover_table(ptsv, path_column, group_column, log)
         return discover_folder(p, excl)
     if p.name.endswith(NIFTI_EXT):  # named explicitly: hidden names too; a missing file is an error row
         return [Scan(p, scan_stem(p))]
     if not p.exists():
         raise InputError(f"no such file or folder; expected {EXPECTED}", p)
     if p.suffix.lower() in (".tsv", ".csv"):
-        return discover_table(p, path_column, group_column)
+        return discover_table(p, path_column, group_column, log)
     if p.suffix.lower() in (".txt", ".lst", ".list"):
         return discover_list(p)
     raise InputError(f"unknown input layout; expected {EXPECTED}", p)
 
 
 def discover(inputs, path_column: str | None = None, group_column: str | None = None,
-             exclude: str | os.PathLike | None = None) -> list[Scan]:
-    """Every scan named by ``inputs`` (files, folders, BIDS datasets, tables, lists), with unique ids and names."""
+             exclude: str | os.PathLike | None = None, log=None) -> list[Scan]:
+    """Every scan named by ``inputs`` (files, folders, BIDS datasets, tables, lists), with unique ids and names.
+    ``log`` takes warning lines (default: stderr)."""
     excl = Path(exclude).resolve() if exclude else None
     scans: list[Scan] = []
     for raw in inputs:
-        scans += _discover_one(Path(raw), path_column, group_column, excl)
+        scans += _discover_one(Path(raw), path_column, group_column, excl, log or _stderr)
     if not scans:
         raise InputError(f"no scans given; expected {EXPECTED}")
     seen_paths, unique = set(), []
@@ -251,3 +282,7 @@ def _make_unique(scans: list[Scan]) -> None:
     names = unique_names([s.scan_id.replace("/", "__") for s in scans], stem=lambda p: p.name)
     for s, name in zip(scans, names):
         s.name = name
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr)

@@ -13,6 +13,7 @@ import os
 import time
 from pathlib import Path
 
+from addiagnosis.errors import display_name
 from addiagnosis.files import sha256_file
 
 JOURNAL = "journal.jsonl"
@@ -27,18 +28,30 @@ class Journal:
 
     @staticmethod
     def read(path: Path) -> list[dict]:
-        out = []
+        """The records of a journal (lines that are not records are skipped: :meth:`scan` counts them)."""
+        return Journal.scan(path)[0]
+
+    @staticmethod
+    def scan(path: Path) -> tuple[list[dict], int]:
+        """The records of a journal and how many of its lines are not records (skipped). The unterminated end a
+        kill leaves (a record is committed by its newline) is neither: that scan is simply not done."""
         try:
             data = path.read_bytes()
         except FileNotFoundError:
-            return out
-        for line in data.split(b"\n"):
-            if line.strip():
-                try:
-                    out.append(json.loads(line))
-                except ValueError:  # a line torn by a kill: that scan is simply not done
-                    continue
-        return out
+            return [], 0
+        out, bad = [], 0
+        for line in data.split(b"\n")[:-1]:
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except ValueError:  # torn, binary, not JSON
+                rec = None
+            if is_record(rec):
+                out.append(rec)
+            else:
+                bad += 1
+        return out, bad
 
     def open(self) -> Journal:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -61,12 +74,37 @@ class Journal:
             self.fh = None
 
 
-def all_records(out: Path) -> list[dict]:
-    """Records of every journal under ``out`` (single process and every shard), oldest first."""
+def is_record(obj) -> bool:
+    """Whether a parsed journal line is a record this engine can use (valid JSON such as ``null``, ``[1,2]``,
+    ``{}`` or a record without its scan id is not, nor one whose fields have the wrong types)."""
+    if not isinstance(obj, dict) or not isinstance(obj.get("scan_id"), str) or not obj["scan_id"]:
+        return False
+    if obj.get("status") not in ("ok", "error"):
+        return False
+    if not _number(obj.get("finished", 0)) or any(not isinstance(obj.get(k), (str, type(None)))
+                                                  for k in ("stat", "sha256")):
+        return False
+    if any(not isinstance(obj.get(k, {}), dict) for k in ("probabilities", "regions", "files")):
+        return False
+    return all(_number(p) for p in obj.get("probabilities", {}).values())
+
+
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def all_records(out: Path, log=None) -> list[dict]:
+    """Records of every journal under ``out`` (single process and every shard), oldest first; ``log`` gets one
+    warning line when some lines are not records."""
     paths = [out / JOURNAL] + sorted((out / "parts").glob(f"*/{JOURNAL}"))
-    recs = []
+    recs, bad = [], 0
     for p in paths:
-        recs += Journal.read(p)
+        got, n = Journal.scan(p)
+        recs += got
+        bad += n
+    if bad and log is not None:
+        log(f"addiagnosis: warning: {bad} line(s) of the journal(s) in {display_name(out)} are not scan records "
+            "(skipped)")
     recs.sort(key=lambda r: r.get("finished", 0))
     return recs
 

@@ -191,7 +191,7 @@ class Batch:
         self.method = d.resolve_method(opts.method)
         self.target_idx = d.package.class_index(opts.target) if opts.target else None
         self.regions = load_regions(self.card, opts.labels, opts.label_names, any(s.labels for s in self.scans))
-        check_run_file(self.out, self.settings(), self.classes, self.n)
+        check_run_file(self.out, self.settings(), self.classes, self.n, self.pdir)
         self.pdir.mkdir(parents=True, exist_ok=True)
         write_manifest(self.pdir, self.k, self.n, table_columns(self.scans, self.classes, self.regions), self.mine)
         (self.pdir / DONE).unlink(missing_ok=True)
@@ -208,7 +208,7 @@ class Batch:
 
     def plan(self) -> list[Scan]:
         """This part's scans that are not done yet (a scan done under another name gets an alias record)."""
-        done = Done(all_records(self.out))
+        done = Done(all_records(self.out, self.log))
         self.journal = Journal(self.pdir / JOURNAL).open()
         todo = []
         for s in self.mine:

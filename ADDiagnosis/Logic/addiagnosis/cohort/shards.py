@@ -66,9 +66,10 @@ class Settings:
         return asdict(self)
 
 
-def check_run_file(out: Path, settings: Settings, classes: list[str], n_shards: int) -> None:
+def check_run_file(out: Path, settings: Settings, classes: list[str], n_shards: int, pdir: Path | None = None) -> None:
     """Refuse an output folder holding results made with other settings (one line naming the first that differs);
-    else write ``run.json``."""
+    else write ``run.json``, and a copy into the shard's part folder ``pdir`` (what :func:`merge` checks: shards
+    started together, or run elsewhere and copied in, pass this check each on its own)."""
     path = out / RUN
     now = settings.as_dict()
     if path.is_file():
@@ -84,12 +85,35 @@ def check_run_file(out: Path, settings: Settings, classes: list[str], n_shards: 
                               f"{now[k]!r}); choose another --out or remove the folder", out)
     doc = {"settings": now, "classes": classes, "shards": n_shards}
     write_text_atomic(path, json.dumps(doc, indent=1) + "\n")
+    if pdir is not None and pdir != out:  # write_text_atomic makes the folder
+        write_text_atomic(pdir / RUN, json.dumps(doc, indent=1) + "\n")
 
 
 def write_manifest(pdir: Path, k: int, n: int, columns: list[str], scans: list) -> None:
     """The part's columns and its scans' skeletons: what its table is rebuilt from."""
     write_text_atomic(pdir / MANIFEST, json.dumps({"shard": [k, n], "columns": columns,
                                                    "scans": [s.skeleton() for s in scans]}) + "\n")
+
+
+def _part_settings(pdir: Path, run_doc: dict) -> dict:
+    """The settings a part was made with (its own run.json; a part from before these copies: the batch's)."""
+    try:
+        doc = json.loads((pdir / RUN).read_text())
+    except FileNotFoundError:
+        doc = run_doc
+    except (OSError, ValueError):
+        raise InputError(f"unreadable {RUN}", pdir / RUN) from None
+    return doc.get("settings") or {} if isinstance(doc, dict) else {}
+
+
+def _same_settings(first: tuple[str, dict], shard: str, settings: dict, pdir: Path) -> None:
+    """One line naming the first setting in which a shard differs from the first shard merged."""
+    name, ref = first
+    for key in list(ref) + [k for k in settings if k not in ref]:
+        if ref.get(key) != settings.get(key):
+            raise InputError(f"shards {name} and {shard} were made with different settings ({key}: "
+                             f"{ref.get(key)!r} and {settings.get(key)!r}); re-run shard {shard} with the settings "
+                             "of the others", pdir)
 
 
 def load_run(out: Path) -> dict:
@@ -110,7 +134,7 @@ def write_part_results(out: Path, pdir: Path) -> tuple[Path, dict]:
 
 def merge(out: str | os.PathLike, shards: int | None = None) -> tuple[Path, dict]:
     """Join the shards' parts into ``out/results.tsv`` (the table one process gives); one-line error if a part
-    is missing or unfinished."""
+    is missing or unfinished, or was made with other settings (model, weights, method, target, labels, saves)."""
     out = Path(out)
     run_doc = load_run(out)
     n = int(shards or run_doc.get("shards") or 1)
@@ -118,13 +142,17 @@ def merge(out: str | os.PathLike, shards: int | None = None) -> tuple[Path, dict
         if not (out / MANIFEST).is_file():
             raise InputError("nothing to merge (no manifest.json)", out)
         return write_part_results(out, out)
-    columns, rows, missing = None, [], []
+    columns, rows, missing, first = None, [], [], None
     by_id = {r["scan_id"]: r for r in all_records(out)}
     for k in range(1, n + 1):
         pdir = part_dir(out, k, n)
         if not (pdir / MANIFEST).is_file():
             missing.append(f"{k}/{n}")
             continue
+        settings = _part_settings(pdir, run_doc)
+        if first is None:
+            first = (f"{k}/{n}", settings)
+        _same_settings(first, f"{k}/{n}", settings, pdir)
         manifest = json.loads((pdir / MANIFEST).read_text())
         if columns is None:
             columns = manifest["columns"]
