@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv test lint demo bench bench-scene bench-batch clean
+.PHONY: venv test lint demo bench bench-scene bench-batch bench-cli clean
 
 venv: $(STAMP)
 
@@ -29,14 +29,18 @@ demo: venv
 	$(BIN)/addiagnosis diagnose --out demo-output
 
 bench: venv
-	$(BIN)/python scripts/benchmark.py
+	$(BIN)/python scripts/bench/benchmark.py
 
 bench-scene: venv
-	$(BIN)/python scripts/bench_scene.py
+	$(BIN)/python scripts/bench/bench_scene.py
 
 # cohort throughput: the batch engine against one CLI call per scan, side by side (BENCH_ARGS="--mem 100,300")
 bench-batch: venv
-	$(BIN)/python scripts/bench_batch.py $(BENCH_ARGS)
+	$(BIN)/python scripts/bench/bench_batch.py $(BENCH_ARGS)
+
+# start-up of the command line: --help and models against a bare `python -c pass` (median of 5 runs each)
+bench-cli: venv
+	$(BIN)/python scripts/bench/cli_help.py
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache .ruff_cache

@@ -6,7 +6,7 @@
 # evaluation. WORK defaults to a scratch folder outside the repository. CROSS=0 skips the single-generator
 # models and the table.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python}
 WORK=${WORK:-/tmp/adwork}
 PKG=${PKG:-$WORK/models/synthetic-demo}
@@ -17,10 +17,10 @@ export PYTHONPATH=ADDiagnosis/Logic${PYTHONPATH:+:$PYTHONPATH}
 #    A = "default" (medial temporal tissue fades, ventricles widen by distance), B = "erode" (hippocampus and
 #    amygdala eroded from all sides, ventricles and temporal horns grown by dilation). 250 training subjects
 #    each (seeds 11, 12) and fresh 100-subject test cohorts (seeds 21, 22).
-$PY -m addiagnosis.cli.main synth --n 250 --seed 11 --out "$WORK/A_train" --prefix a --atrophy default --variety wide
-$PY -m addiagnosis.cli.main synth --n 250 --seed 12 --out "$WORK/B_train" --prefix b --atrophy erode --variety wide
-$PY -m addiagnosis.cli.main synth --n 100 --seed 21 --out "$WORK/A_test" --prefix at --atrophy default --variety wide
-$PY -m addiagnosis.cli.main synth --n 100 --seed 22 --out "$WORK/B_test" --prefix bt --atrophy erode --variety wide
+$PY -m addiagnosis.cli synth --n 250 --seed 11 --out "$WORK/A_train" --prefix a --atrophy default --variety wide
+$PY -m addiagnosis.cli synth --n 250 --seed 12 --out "$WORK/B_train" --prefix b --atrophy erode --variety wide
+$PY -m addiagnosis.cli synth --n 100 --seed 21 --out "$WORK/A_test" --prefix at --atrophy default --variety wide
+$PY -m addiagnosis.cli synth --n 100 --seed 22 --out "$WORK/B_test" --prefix bt --atrophy erode --variety wide
 
 # 1b. one table of both training cohorts, with a dataset.json beside it (train records both in the card)
 $PY - "$WORK" <<'PYEOF'
@@ -45,7 +45,7 @@ PYEOF
 # 2. cross-generator models: trained on one atrophy model only (same split, seed and cache), side by side
 if [ "$CROSS" = 1 ]; then
   for g in A B; do
-    $PY -m addiagnosis.cli.main train "$WORK/${g}_train" --out "$WORK/models/only$g" --name "synthetic-only$g" \
+    $PY -m addiagnosis.cli train "$WORK/${g}_train" --out "$WORK/models/only$g" --name "synthetic-only$g" \
         --seed 0 --epochs 60 --patience 12 --max-minutes 18 --workers 1 --threads 1 --cache "$WORK/cache" &
   done
   wait
@@ -53,22 +53,23 @@ fi
 
 # 3. the bundled model: both generators (template alignment, 2 mm 80x96x80 grid, subject-level 70/15/15
 #    split, seed 0, time box)
-$PY -m addiagnosis.cli.main train "$WORK/mix_train.tsv" --out "$PKG" --name addiagnosis-synthetic-demo --seed 0 \
+$PY -m addiagnosis.cli train "$WORK/mix_train.tsv" --out "$PKG" --name addiagnosis-synthetic-demo --seed 0 \
     --epochs 60 --patience 12 --max-minutes 62 --workers 2 --threads 2 --cache "$WORK/cache" --default
 
 # 4. evaluation: every model on both test cohorts (the recommended method, stability on 10 scans each)
 MODELS=(--model "mixture=$PKG")
 [ "$CROSS" = 1 ] && MODELS+=(--model "onlyA=$WORK/models/onlyA" --model "onlyB=$WORK/models/onlyB")
-$PY scripts/cross_generator.py "${MODELS[@]}" --cohort "A=$WORK/A_test" --cohort "B=$WORK/B_test" \
+$PY scripts/experiments/cross_generator.py "${MODELS[@]}" --cohort "A=$WORK/A_test" --cohort "B=$WORK/B_test" \
     --out "$WORK/cross" --method lrp-reference-alpha1beta0 --stability 10
-$PY scripts/record_evaluation.py "$PKG" "A-default=$WORK/cross/mixture__A/metrics.json" \
-    "B-erode=$WORK/cross/mixture__B/metrics.json"
+$PY -m addiagnosis.cli package record-evaluation "$PKG" "A-default=$WORK/cross/mixture__A/metrics.json" \
+    "B-erode=$WORK/cross/mixture__B/metrics.json" \
+    --note "scripts/assets/train_demo.sh step 4 (scripts/experiments/cross_generator.py, then addiagnosis package record-evaluation)"
 
 # 5. bundle: the package (weights + card) and its registration template (so it runs without nilearn)
 rm -rf ADDiagnosis/Resources/Models/addiagnosis-synthetic-demo
 mkdir -p ADDiagnosis/Resources/Models/addiagnosis-synthetic-demo
 cp "$PKG/card.json" "$PKG/weights.pt" ADDiagnosis/Resources/Models/addiagnosis-synthetic-demo/
-$PY scripts/make_template_assets.py ADDiagnosis/Resources/Models/addiagnosis-synthetic-demo
+$PY -m addiagnosis.cli package add-template ADDiagnosis/Resources/Models/addiagnosis-synthetic-demo
 # The example scan ADDiagnosis/Resources/SampleData/synthetic-AD-subject.nii.gz is kept from the previous demo
 # model (this script at commit 69d0883: synth --n 100 --seed 2 --prefix test, subject test-s2-0003, made before
 # synth's field-of-view centring fix): an AD subject that no bundled model has trained on.

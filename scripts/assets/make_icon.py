@@ -1,6 +1,6 @@
 """Draw the ADDiagnosis icon (128x128 PNG) by code: a brain-like outline with a hot relevance spot.
 
-Run: .venv/bin/python scripts/make_icon.py  (writes ADDiagnosis/Resources/Icons/ADDiagnosis.png)
+Run: .venv/bin/python scripts/assets/make_icon.py  (writes ADDiagnosis/Resources/Icons/ADDiagnosis.png)
 """
 
 from pathlib import Path
@@ -26,6 +26,6 @@ spot = np.exp(-(((x - 84) / 13) ** 2 + ((y - 70) / 11) ** 2))
 hot = np.stack([np.ones_like(spot), np.clip(spot * 1.6 - 0.3, 0, 1), np.clip(spot * 2 - 1.4, 0, 1)], -1)
 a = (np.clip(spot * 1.8 - 0.25, 0, 1) * inside)[..., None]
 img[..., :3] = img[..., :3] * (1 - a) + hot * a
-out = Path(__file__).resolve().parents[1] / "ADDiagnosis" / "Resources" / "Icons" / "ADDiagnosis.png"
+out = Path(__file__).resolve().parents[2] / "ADDiagnosis" / "Resources" / "Icons" / "ADDiagnosis.png"
 Image.fromarray((img * 255).round().astype(np.uint8), "RGBA").save(out, optimize=True)
 print(out)

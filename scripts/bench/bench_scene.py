@@ -1,6 +1,6 @@
 """Time the scene bridge and the headless views on a 166x256x256 scan (targets: push <= 0.3 s, 4 views <= 3 s).
 
-Run: .venv/bin/python scripts/bench_scene.py   (no model needed: a synthetic result with a realistic,
+Run: .venv/bin/python scripts/bench/bench_scene.py   (no model needed: a synthetic result with a realistic,
 heavy-tailed relevance map on the scan's grid)
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ADDiagnosis" / "Logic"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "ADDiagnosis" / "Logic"))
 
 from addiagnosis.engine import DiagnosisResult  # noqa: E402
 from addiagnosis.io.volume import Volume  # noqa: E402

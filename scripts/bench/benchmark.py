@@ -5,7 +5,7 @@ Prints forward time, LRP time, total diagnose time (read + preprocess + forward 
 for each, and the ratios. Each measurement runs in its own process so peak RSS is its own.
 Uses the seed checkpoint from ../shared/seed when present (else random weights of the same architecture).
 
-    .venv/bin/python scripts/benchmark.py [--repeats 3] [--methods lrp-alpha1beta0 lrp-epsilon]
+    .venv/bin/python scripts/bench/benchmark.py [--repeats 3] [--methods lrp-alpha1beta0 lrp-epsilon]
 """
 
 from __future__ import annotations
@@ -21,9 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SEED = ROOT.parent / "shared" / "seed" / "myModel_state_dict_130.pth"
 sys.path.insert(0, str(ROOT / "Testing"))
+sys.path.insert(0, str(ROOT / "Testing" / "support"))  # zennit_ref
 
 
 def peak_rss_mb() -> float:

@@ -1,6 +1,6 @@
 """Cross-generator table (issue 11, part 4): every model on every cohort, classification and explanations.
 
-    PYTHONPATH=ADDiagnosis/Logic python scripts/cross_generator.py \\
+    PYTHONPATH=ADDiagnosis/Logic python scripts/experiments/cross_generator.py \\
         --model onlyA=PKG_A --model onlyB=PKG_B --cohort A=COHORT_A --cohort B=COHORT_B --out DIR \\
         [--method auto] [--stability N] [--threads 2]
 
@@ -19,23 +19,14 @@ import json
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "ADDiagnosis" / "Logic"))
+
+from addiagnosis.cli.options import name_value  # noqa: E402  (NAME=PATH, as `addiagnosis package` reads it)
 
 COLUMNS = ["balanced_accuracy", "cn_vs_ad", "severity_rho", "severity_rising", "mass_AD", "mass_2mm_AD",
            "brain_share", "model_randomisation_abs_r", "resample_median", "resample_p5", "flip_median",
            "noise_1pct_median", "noise_1pct_p5"]
-
-
-def name_value_pairs(values: list[str], what: str) -> dict[str, str]:
-    """``NAME=PATH`` arguments -> {NAME: PATH} (exits with one line on a malformed one)."""
-    out = {}
-    for v in values:
-        name, sep, path = v.partition("=")
-        if not sep or not name or not path:
-            raise SystemExit(f"{what}: expected NAME=PATH, got {v!r}")
-        out[name] = path
-    return out
 
 
 def row_of(result: dict) -> dict:
@@ -73,8 +64,9 @@ def markdown(rows: list[dict]) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", action="append", required=True, help="NAME=package folder or name")
-    ap.add_argument("--cohort", action="append", required=True, help="NAME=synth output folder or table")
+    ap.add_argument("--model", action="append", required=True, type=name_value, help="NAME=package folder or name")
+    ap.add_argument("--cohort", action="append", required=True, type=name_value,
+                    help="NAME=synth output folder or table")
     ap.add_argument("--out", required=True)
     ap.add_argument("--method", default="auto")
     ap.add_argument("--stability", type=int, default=0, metavar="N")
@@ -86,8 +78,8 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for mname, pkg in name_value_pairs(args.model, "--model").items():
-        for cname, data in name_value_pairs(args.cohort, "--cohort").items():
+    for mname, pkg in dict(args.model).items():
+        for cname, data in dict(args.cohort).items():
             res = evaluate(pkg, data, out / f"{mname}__{cname}", method=args.method, threads=args.threads,
                            stability_n=args.stability, limit=args.limit)
             rows.append({"model": mname, "cohort": cname, **row_of(res)})

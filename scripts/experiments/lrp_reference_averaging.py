@@ -1,6 +1,6 @@
 """Can lrp-reference be stabilised by averaging? Maps averaged over K noisy copies of the network input.
 
-    PYTHONPATH=ADDiagnosis/Logic python scripts/lrp_reference_averaging.py
+    PYTHONPATH=ADDiagnosis/Logic python scripts/experiments/lrp_reference_averaging.py
 
 Bundled model and example scan, AD target: Pearson r (input grid, brain) between the scan's map and the maps
 of its flip / pad / resample twins (:mod:`addiagnosis.research.stability`) and of the input with 1 % and 2 % noise, for
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "ADDiagnosis" / "Logic"))
 SAMPLE = ROOT / "ADDiagnosis" / "Resources" / "SampleData" / "synthetic-AD-subject.nii.gz"
 SETTINGS = ((0, 0.0), (4, 0.02), (8, 0.02), (8, 0.05))

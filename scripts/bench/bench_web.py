@@ -3,7 +3,7 @@ at the same time (none may fail or see another's data), peak memory, click-to-re
 
 Runs `addiagnosis web` on a free loopback port and drives Debian's Chromium with Playwright; memory is the
 proportional set size (PSS, shared pages split between processes) of the gateway plus its workers, spare
-included, sampled every 0.2 s. Usage: python scripts/bench_web.py [--sessions 4]
+included, sampled every 0.2 s. Usage: python scripts/bench/bench_web.py [--sessions 4]
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 
 from playwright.sync_api import sync_playwright
 
-LOGIC = Path(__file__).resolve().parents[1] / "ADDiagnosis" / "Logic"
+LOGIC = Path(__file__).resolve().parents[2] / "ADDiagnosis" / "Logic"
 
 
 def pss_mb(root_pid: int) -> float:

@@ -1,6 +1,6 @@
 """Cohort throughput, side by side in one run: the batch engine against one CLI call per scan.
 
-    python scripts/bench_batch.py [--n 60] [--loop 6] [--mem 100,300] [--workers N] [--json out.json]
+    python scripts/bench/bench_batch.py [--n 60] [--loop 6] [--mem 100,300] [--workers N] [--json out.json]
 
 1. Generates (once, cached) a synthetic cohort with ``addiagnosis synth`` at its default size.
 2. Per-call loop: ``addiagnosis diagnose SCAN --no-figures`` once per scan for the first ``--loop`` scans
@@ -26,7 +26,7 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BATCH = "batch"
 LOGIC = ROOT / "ADDiagnosis" / "Logic"
 

@@ -1,6 +1,6 @@
 """Make the README screenshot with the headless renderer: Slicer's own axial/coronal/sagittal/3D views.
 
-Run: .venv/bin/python scripts/make_screenshot.py [scan.nii.gz] [--model NAME_OR_FOLDER] [--out PNG]
+Run: .venv/bin/python scripts/assets/make_screenshot.py [scan.nii.gz] [--model NAME_OR_FOLDER] [--out PNG]
 Defaults: the bundled example scan and model when present; otherwise a synthetic AD-like subject
 (addiagnosis.research.synth) and a random-weights model, and the caption says so.
 """
@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "ADDiagnosis" / "Logic"))
 
 from PIL import Image, ImageDraw  # noqa: E402

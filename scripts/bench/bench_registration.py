@@ -1,6 +1,6 @@
 """Registration speed and field-of-view invariance on a 1 mm 256^3 scan: new code vs the code at a git ref.
 
-    PYTHONPATH=ADDiagnosis/Logic python scripts/bench_registration.py [--threads 2] [--repeat 3] [--old-ref main]
+    PYTHONPATH=ADDiagnosis/Logic python scripts/bench/bench_registration.py [--threads 2] [--repeat 3] [--old-ref main]
 
 Makes one synthetic whole-head scan at 1 mm on a 256^3 grid (``addiagnosis.research.synth``), then times
 ``align.register_to_template`` on it (median of ``--repeat`` runs, after one warm-up that builds the template
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "ADDiagnosis" / "Logic"))
 
 

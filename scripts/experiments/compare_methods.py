@@ -1,6 +1,6 @@
 """Every explanation method of a model on one cohort, on all criteria together (issue 11, part 3).
 
-    PYTHONPATH=ADDiagnosis/Logic python scripts/compare_methods.py COHORT [--package NAME] [--n N] [--out FILE]
+    python scripts/experiments/compare_methods.py COHORT [--package NAME] [--n N] [--out FILE]
 
 COHORT is ``addiagnosis synth`` output (scans with ground-truth masks). Per method: relevance mass accuracy
 for the true class (exact and within 2 mm of the mask, input grid, subjects with a mask), share of positive
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "ADDiagnosis" / "Logic"))
 
 METHODS = ["lrp-reference-alpha1beta0", "lrp-reference", "lrp-alpha1beta0", "lrp-epsilon", "lrp-composite",

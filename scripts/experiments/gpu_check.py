@@ -8,9 +8,9 @@ relative L2 difference between the CUDA and CPU relevance maps and logits, and t
 pass and per relevance map on each device. Needs only torch and numpy on the GPU machine.
 
     # here (CPU): prepare real inputs of the bundled model (registration needs SimpleITK and nibabel)
-    .venv/bin/python scripts/gpu_check.py --make-inputs .gpudata/inputs.pt --cohort DIR_OF_SYNTH_OUTPUT
+    .venv/bin/python scripts/experiments/gpu_check.py --make-inputs .gpudata/inputs.pt --cohort DIR_OF_SYNTH_OUTPUT
     # on the GPU machine
-    python3 scripts/gpu_check.py --inputs .gpudata/inputs.pt --json $OUT/gpu_check.json
+    python3 scripts/experiments/gpu_check.py --inputs .gpudata/inputs.pt --json $OUT/gpu_check.json
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "ADDiagnosis" / "Logic"))
 
 
@@ -130,7 +130,7 @@ def main() -> int:
 
     import torch
 
-    from addiagnosis.explain.lrp import METHODS
+    from addiagnosis.models.card import METHODS
     from addiagnosis.models.package import find_package
 
     other = "cpu" if args.dry_run_on_cpu else "cuda"
