@@ -97,8 +97,12 @@ def test_evaluate_end_to_end(tmp_path):
         nib.save(nib.Nifti1Image(m, np.diag([4.0, 4.0, 4.0, 1.0])), str(tmp_path / f"s{i}_mask.nii.gz"))
         rows.append(f"s{i}\t{c}\ts{i}.nii.gz\ts{i}_mask.nii.gz\t{i}")
     (tmp_path / "participants.tsv").write_text("\n".join(rows) + "\n")
-    res = evaluate.evaluate(pkg, tmp_path, tmp_path / "eval", randomisation_n=2, log=lambda m: None)
+    res = evaluate.evaluate(pkg, tmp_path, tmp_path / "eval", randomisation_n=2, log=lambda m: None,
+                            faithfulness_n=1)
     assert res["n_scans"] == 3
+    faith = res["explanation"]["faithfulness"]  # the first AD scan (CN is skipped): AOPCs against random
+    assert faith["n"] == 1 and set(faith["per_class"]) == {"AD"}
+    assert faith["deletion_faster_than_random"] in (0.0, 1.0)
     assert 0.0 <= res["explanation"]["per_class"]["AD"]["median_mass_accuracy"] <= 1.0
     assert res["explanation"]["randomisation"]["n"] == 2
     for f in ("metrics.json", "subjects.tsv", "confusion.png", "report.html", "example.png"):

@@ -74,6 +74,8 @@ def test_smoke_training_lowers_loss_and_resumes(folder_data, tmp_path):
     assert set(card["metrics"]) == {"val", "test"}
     # the stable default method; physical preprocessing has no healthy reference, so no lrp-reference alternative
     assert card["explanation"] == {"method": "lrp-alpha1beta0"}
+    # issue 19: a temperature folded into the weights, 90 % prediction sets from the held-out test split
+    assert card["calibration"]["temperature"] > 0 and card["conformal"]["coverage"] == 0.9
     pkg = find_package(str(out))
     items = dataset.load_items(folder_data)
     files = train.preprocess_all(items, {"preprocessing": PHYSICAL,

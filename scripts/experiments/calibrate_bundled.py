@@ -11,7 +11,7 @@ are identical to those of a full run); the test cohorts are seeds 21 (A) and 22 
 
 Without ``--write`` it only measures (and checks that the regenerated validation split gives the card's
 recorded validation metrics); with it, the package's weights.pt, its checksum and the card's ``calibration``
-and ``conformal`` blocks are written (card.json read, changed and written in one step).
+and ``conformal`` blocks are written in one checked rewrite (research.packaging.rewrite_card).
 """
 
 from __future__ import annotations
@@ -29,9 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "ADDiagnosis" / "Logic"))
 
-from addiagnosis.files import sha256_file, write_text_atomic  # noqa: E402
 from addiagnosis.metrics import classification_report  # noqa: E402
-from addiagnosis.models.card import CARD  # noqa: E402
 from addiagnosis.models.package import ModelPackage, find_package  # noqa: E402
 from addiagnosis.research import calibration as cal  # noqa: E402
 from addiagnosis.research import synth  # noqa: E402
@@ -146,23 +144,10 @@ def main(argv=None) -> int:
     kblock["by_cohort"] = {name: {k: cblock["by_cohort"][name][k] for k in ("n", "coverage", "mean_set_size",
                                                                             "set_sizes")} for name, *_ in TESTS}
     print(json.dumps({"calibration": cblock, "conformal": kblock}, indent=1))
-    if a.write:
-        write_calibrated(pkg, t, cblock, kblock)
+    if a.write:  # folded weights, their checksum and both blocks in one checked rewrite of the package
+        cal.write_calibrated(pkg.path, t, cblock, kblock)
+        print(f"wrote {pkg.path} (temperature {t:.4f} folded into the weights)")
     return 0
-
-
-def write_calibrated(pkg: ModelPackage, t: float, cblock: dict, kblock: dict) -> None:
-    """Folded weights, then the card (read, changed and written at once; checksum of the new weights)."""
-    state = cal.fold_temperature(pkg.load_state_dict(), t)
-    wpath = pkg.weights_path
-    tmp = wpath.with_name(wpath.name + ".tmp")
-    torch.save({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp))
-    card = json.loads((pkg.path / CARD).read_text())
-    card["weights"]["sha256"] = sha256_file(tmp)
-    card["calibration"], card["conformal"] = cblock, kblock
-    tmp.replace(wpath)
-    write_text_atomic(pkg.path / CARD, json.dumps(card, indent=2) + "\n")
-    print(f"wrote {wpath} (temperature {t:.4f} folded) and {pkg.path / CARD}")
 
 
 if __name__ == "__main__":

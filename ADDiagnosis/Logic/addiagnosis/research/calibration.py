@@ -152,3 +152,50 @@ def logits_of(model, X, batch: int = 8) -> np.ndarray:
         for i in range(0, len(X), batch):
             out.append(model(X[i:i + batch].float()).double().numpy())
     return np.concatenate(out) if out else np.zeros((0, model.dense_2.out_features))
+
+
+# ------------------------------------------------------------------------------------------ packages
+def calibrate_trained(model, d, card: dict, log=print, coverage: float = DEFAULT_COVERAGE) -> dict:
+    """``train``'s last step: temperature from the validation split, conformal thresholds from the held-out
+    test split (the validation split when there is none), both blocks into ``card``; returns the state_dict
+    with the temperature folded in. ``d``: :class:`addiagnosis.research.train.TrainingData`."""
+    cal_key = "test" if len(d.idx.get("test") or []) >= 2 else "val"
+    lg = {k: logits_of(model, d.X[d.idx[k]]) for k in {"val", cal_key}}
+    ys = {k: d.y[d.idx[k]].numpy() for k in lg}
+    t, card["calibration"], card["conformal"] = calibrate(
+        lg["val"], ys["val"], lg[cal_key], ys[cal_key],
+        fitted_on=f"validation split ({d.subjects['val']} subjects)",
+        calibrated_on=(f"held-out test split ({d.subjects['test']} subjects)" if cal_key == "test" else
+                       f"validation split ({d.subjects['val']} subjects; no test split: the temperature was "
+                       "fitted on the same scans, so the coverage may be optimistic)"),
+        coverage=coverage)
+    log(f"calibration: temperature {t:.3f} (validation NLL {card['calibration']['nll_before']:.3f} -> "
+        f"{card['calibration']['nll_after']:.3f}); {coverage:.0%} prediction sets: threshold "
+        f"{card['conformal']['threshold']:.3f}, mean set size "
+        f"{card['conformal']['on_calibration_split']['mean_set_size']:.2f} on the {cal_key} split")
+    return fold_temperature(model.state_dict(), t)
+
+
+def write_calibrated(folder, temperature: float, calibration: dict, conformal: dict) -> None:
+    """Fold ``temperature`` into an existing package's weights and record both blocks, in one checked
+    rewrite (:func:`addiagnosis.research.packaging.rewrite_card`: the weights must match the card before,
+    the new weights' SHA-256 goes into the card, every checksum is verified after)."""
+    import torch
+
+    from addiagnosis.files import sha256_file
+    from addiagnosis.models.package import find_package
+    from addiagnosis.research.packaging import rewrite_card
+
+    pkg = find_package(str(folder))
+    if pkg.card.calibration is not None:
+        raise AddiagnosisError(f"the package is calibrated already (temperature {pkg.card.calibration['temperature']})",
+                               pkg.path)
+    state = fold_temperature(pkg.load_state_dict(), temperature)
+
+    def change(card: dict, staging) -> None:
+        staged = staging / pkg.card.weights.file
+        torch.save({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(staged))
+        card["weights"]["sha256"] = sha256_file(staged)
+        card["calibration"], card["conformal"] = calibration, conformal
+
+    rewrite_card(pkg.path, change)

@@ -81,23 +81,31 @@ def random_model_like(model, seed: int = 12345):
     return rnd.eval()
 
 
+def randomised_diagnoser(diagnoser, method: str):
+    """A Diagnoser of the same package with random weights, with the same root point (reference input)."""
+    from addiagnosis.engine import Diagnoser
+
+    randomised = Diagnoser(diagnoser.package, model=random_model_like(diagnoser.model))
+    randomised.resolve_method(method)
+    return randomised
+
+
 def evaluate(package, data, out=None, method: str | None = "auto", target: str = "true",
              limit: int | None = None, randomisation_n: int = 10, threads: int = 2, log=print,
-             stability_n: int = 0) -> dict:
-    """Score ``package`` on every scan of ``data``; write the report to ``out`` if given; returns the metrics."""
+             stability_n: int = 0, faithfulness_n: int = 0) -> dict:
+    """Score ``package`` on every scan of ``data``; write the report to ``out`` if given; returns the metrics.
+    ``faithfulness_n``: deletion/insertion curves on the first N scans not of the first class (faithfulness.py)."""
     from addiagnosis.engine import Diagnoser
     from addiagnosis.io.volume import read_nifti
     from addiagnosis.models.package import ModelPackage, find_package
+    from addiagnosis.research.faithfulness import Collector
 
     torch.set_num_threads(max(1, int(threads)))
     pkg = package if isinstance(package, ModelPackage) else find_package(package)
     classes = pkg.class_names
     diagnoser = Diagnoser(pkg)
     method = diagnoser.resolve_method(method)  # "auto": the card's recommended method
-    randomised = None
-    if randomisation_n > 0:
-        randomised = Diagnoser(pkg, model=random_model_like(diagnoser.model))
-        randomised.resolve_method(method)  # the same root point (reference input) for the randomised network
+    randomised = randomised_diagnoser(diagnoser, method) if randomisation_n > 0 else None
     items = load_items(data)
     if limit:
         items = items[: int(limit)]
@@ -106,6 +114,7 @@ def evaluate(package, data, out=None, method: str | None = "auto", target: str =
         raise AddiagnosisError(f"the data has classes the model does not know: {', '.join(unknown)}")
     t0 = time.time()
     rows, probs, ys, rand = [], [], [], []
+    faith = Collector(diagnoser, faithfulness_n, classes[0])
     example = None
     for k, it in enumerate(items, 1):
         vol = read_nifti(it.path)
@@ -117,6 +126,7 @@ def evaluate(package, data, out=None, method: str | None = "auto", target: str =
             example = (vol, rel, mask, it.subject, classes[g.predicted])
         if randomised is not None and len(rand) < randomisation_n and it.label != classes[0]:
             rand.append(randomisation_check(g, randomised.explain_tensor(g.prepared.tensor, method, g.target)))
+        faith.add(g, it.label)
         rows.append(row)
         probs.append(g.probabilities)
         ys.append(y)
@@ -135,6 +145,7 @@ def evaluate(package, data, out=None, method: str | None = "auto", target: str =
 
         result["explanation"]["stability"] = evaluate_stability(diagnoser, items, [method], target, stability_n,
                                                                 log=log)
+    faith.record(result)
     if out is not None:
         write_report(result, rows, Path(out), classes, example)
         log(f"evaluate: wrote {out}/metrics.json, subjects.tsv, confusion.png, report.html")
@@ -349,4 +360,5 @@ def summary(result: dict) -> dict:
             "explanation_by_stage_median_mass_accuracy": {c: v.get("median_mass_accuracy")
                                                           for c, v in expl["per_class"].items()},
             "randomisation": rand, "severity_trend": result.get("severity_trend"),
-            **({"stability": expl["stability"]} if expl.get("stability") else {})}
+            **({"stability": expl["stability"]} if expl.get("stability") else {}),
+            **({"faithfulness": expl["faithfulness"]} if expl.get("faithfulness") else {})}

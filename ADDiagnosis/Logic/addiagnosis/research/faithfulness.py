@@ -181,3 +181,25 @@ def summarise(per_scan: list[dict], labels: list[str]) -> dict:
     out["per_class"] = {c: block([r for r, lab in zip(per_scan, labels) if lab == c])
                         for c in dict.fromkeys(labels)}
     return out
+
+
+class Collector:
+    """``evaluate``'s hook: curves of the first ``n`` scans whose true class is not ``skip`` (the first class:
+    CN resembles the healthy reference, so deleting towards it tests nothing); ``record`` adds the summary."""
+
+    def __init__(self, diagnoser, n: int = 0, skip: str | None = None, settings: Settings | None = None):
+        self.diagnoser, self.n, self.skip = diagnoser, int(n or 0), skip
+        self.settings = settings or Settings()
+        self.rows: list[dict] = []
+        self.labels: list[str] = []
+
+    def add(self, g, label: str) -> None:
+        if len(self.rows) < self.n and label != self.skip:
+            self.rows.append(of_explanation(self.diagnoser, g, self.settings))
+            self.labels.append(label)
+
+    def record(self, result: dict) -> None:
+        if self.rows:
+            spacing = self.diagnoser.package.card.input_grid.spacing
+            result["explanation"]["faithfulness"] = {**summarise(self.rows, self.labels),
+                                                     "settings": self.settings.describe(spacing)}

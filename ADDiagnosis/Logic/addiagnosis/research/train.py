@@ -228,8 +228,10 @@ def train(data, out, config: TrainConfig | None = None, *, log=print, **options)
                for k in ("val", "test") if d.idx[k]}
     card_out = model_card(out, cfg, d, progress, stop_reason, reports, Path(data), world)
     from addiagnosis.models.package import write_package
+    from addiagnosis.research.calibration import calibrate_trained
 
-    write_package(out, model.state_dict(), card_out, overwrite=True)
+    # issue 19: temperature (validation split) folded into the weights, conformal thresholds in the card
+    write_package(out, calibrate_trained(model, d, card_out, say), card_out, overwrite=True)
     say(f"wrote model package {out} in {(time.time() - t_start) / 60:.1f} min")
     return card_out
 
