@@ -117,6 +117,8 @@ def overview_png(volume: Volume, result, path: str | os.PathLike, n_cols: int = 
                       font=small, anchor="mt")
 
     probs = "  ".join(f"{k} {v:.2f}" for k, v in result.probabilities.items())
+    if getattr(result, "prediction_set", None):  # split-conformal set of the model card (issue 19)
+        probs += f"    {result.prediction_set_coverage:.0%} set: {', '.join(result.prediction_set)}"
     width = canvas.size[0]
     draw.text((width // 2, 6), f"Predicted {result.predicted} (p={result.probabilities[result.predicted]:.2f}); "
               f"relevance for {result.target}, {result.method}", fill="white", font=normal, anchor="mt")
