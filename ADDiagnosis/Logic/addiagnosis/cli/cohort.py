@@ -1,4 +1,4 @@
-"""``addiagnosis batch | merge | labels`` (and ``compare``): the cohort engine's command line."""
+"""``addiagnosis batch | merge | labels``: the cohort engine's command line (``compare`` is in :mod:`.research`)."""
 
 from __future__ import annotations
 
