@@ -88,7 +88,9 @@ def overview_png(volume: Volume, result, path: str | os.PathLike, n_cols: int = 
         counts = head.sum(axis=tuple(a for a in range(3) if a != ax))
         extent.append(np.flatnonzero(counts > 0.05 * counts.max()))
 
-    top, label_h, footer_h, bar_w = 52, 16, 26, 80
+    qc = getattr(result, "qc", None) or {}
+    qc_bad = qc.get("verdict") in ("warn", "fail")
+    top, label_h, footer_h, bar_w = 70 if qc_bad else 52, 16, 26, 80
     canvas = Image.new("RGB", (n_cols * tile + bar_w, top + 3 * (tile + label_h) + footer_h), "black")
     draw = ImageDraw.Draw(canvas)
     small, normal = _font(11), _font(13)
@@ -120,9 +122,15 @@ def overview_png(volume: Volume, result, path: str | os.PathLike, n_cols: int = 
     if getattr(result, "prediction_set", None):  # split-conformal set of the model card (issue 19)
         probs += f"    {result.prediction_set_coverage:.0%} set: {', '.join(result.prediction_set)}"
     width = canvas.size[0]
-    draw.text((width // 2, 6), f"Predicted {result.predicted} (p={result.probabilities[result.predicted]:.2f}); "
+    failed = qc.get("verdict") == "fail"  # a failed scan's probabilities must not read like a good result
+    draw.text((width // 2, 6), ("NOT INTERPRETABLE - " if failed else "") +
+              f"Predicted {result.predicted} (p={result.probabilities[result.predicted]:.2f}); "
               f"relevance for {result.target}, {result.method}", fill="white", font=normal, anchor="mt")
-    draw.text((width // 2, 26), probs, fill="white", font=normal, anchor="mt")
+    draw.text((width // 2, 26), probs, fill="#888888" if failed else "white", font=normal, anchor="mt")
+    if qc_bad:
+        first = next(r for r in qc.get("reasons", []) if r.get("verdict") == qc["verdict"])
+        text = ("not interpretable: " if failed else "check the input: ") + f"{first['check']}: {first['detail']}"
+        draw.text((width // 2, 46), text[:150], fill="#ff5050" if failed else "#ffb000", font=normal, anchor="mt")
     footer = result.research_use + (f"  {result.model_notice}" if getattr(result, "model_notice", None) else "")
     draw.text((width // 2, canvas.size[1] - 18), footer, fill="#ffcc66", font=small, anchor="mt")
 
