@@ -3,6 +3,8 @@
 One server (started on a free loopback port, stopped by its PID), two browser contexts (two sessions):
 A uses the example scan and is compared with `addiagnosis diagnose` on the same file; B sends bad uploads,
 then a good (cropped, so differently shaped) scan; both diagnose at the same time and each sees only its own.
+A runs at 1440x900 and B at 1280x720: at both sizes every control can be reached and nothing is cut.
+``ADDIAGNOSIS_WEB_SCREENSHOTS=docs/images`` saves the page at both sizes (web.png, web-1280x720.png).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -45,6 +48,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(not OK, reason=f"no off-scree
 LOGIC = Path(__file__).resolve().parents[2] / "ADDiagnosis" / "Logic"
 UPLOAD_LIMIT_MB = 4
 TIMEOUT_MS = 120_000
+LEGEND_STRIP = 0.88  # the colour legend stands in the right 12 % of a view, beside the head
 
 
 def free_port() -> int:
@@ -58,11 +62,14 @@ def server(tmp_path_factory):
     folder = tmp_path_factory.mktemp("web")
     port = free_port()
     log = folder / "access.log"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(LOGIC), os.environ.get("PYTHONPATH", "")]))
+    output = folder / "server-output.log"  # the gateway's and (ADDIAGNOSIS_WEB_DEBUG) every session's stderr
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(LOGIC), os.environ.get("PYTHONPATH", "")]),
+               ADDIAGNOSIS_WEB_DEBUG="1")
+    out_fh = open(output, "wb")  # noqa: SIM115 - open for the server's whole life
     proc = subprocess.Popen([sys.executable, "-m", "addiagnosis.cli.main", "web", "--port", str(port),
                              "--max-upload-mb", str(UPLOAD_LIMIT_MB), "--session-grace-s", "3",
                              "--access-log", str(log)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+                            env=env, stdout=out_fh, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -72,18 +79,19 @@ def server(tmp_path_factory):
                     break
         except OSError:
             if proc.poll() is not None:
-                pytest.fail(f"the web server exited: {proc.stdout.read().decode(errors='replace')[-2000:]}")
+                pytest.fail(f"the web server exited: {output.read_text(errors='replace')[-2000:]}")
             time.sleep(0.2)
     else:
         proc.kill()
         pytest.fail("the web server did not answer within 60 s")
-    yield {"url": url, "proc": proc, "log": log, "folder": folder}
+    yield {"url": url, "proc": proc, "log": log, "folder": folder, "output": output}
     proc.send_signal(signal.SIGTERM)  # stopped by its PID
     try:
         proc.wait(timeout=30)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+    out_fh.close()
 
 
 @pytest.fixture(scope="module")
@@ -104,8 +112,9 @@ def browser():
 
 
 def hot_pixels(png: bytes) -> int:
-    """Pixels with the overlay's colours (red/orange/yellow, far from grey)."""
+    """Pixels with the overlay's colours (red/orange/yellow, far from grey), left of the colour legend."""
     rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(np.int32)
+    rgb = rgb[:, : int(LEGEND_STRIP * rgb.shape[1])]
     return int(((rgb[..., 0] - rgb[..., 2] > 80) & (rgb[..., 0] > 120)).sum())
 
 
@@ -149,12 +158,135 @@ def shown_probabilities(page) -> dict[str, float]:
             for el in page.locator(".addiagnosis-prob").all()}
 
 
+def png_array(png: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(np.int32)
+
+
+def view_png(page, view: str) -> bytes:
+    return page.locator(f"#view-{view} img").first.screenshot()
+
+
+def state(page, key: str):
+    return page.evaluate("k => window.trame.state.get(k)", key)
+
+
+def set_state(page, key: str, value) -> None:
+    page.evaluate("([k, v]) => window.trame.state.set(k, v)", [key, value])
+
+
+
+def legend_pixels(png: bytes) -> int:
+    """Legend-coloured pixels (yellow to red, far from grey) in the right strip of a view."""
+    rgb = png_array(png)[:, int(LEGEND_STRIP * png_array(png).shape[1]):]
+    return int(((rgb[..., 0] - rgb[..., 2] > 80) & (rgb[..., 0] > 120)).sum())
+
+
+def overlay_pixels(png: bytes, reference: bytes) -> int:
+    """Pixels the overlay changes: those that differ from the same slice shown at opacity 0 (legend strip left out)."""
+    a, b = png_array(png), png_array(reference)
+    width = int(LEGEND_STRIP * a.shape[1])
+    return int((np.abs(a[:, :width] - b[:, :width]).max(axis=-1) > 40).sum())
+
+
+def changed_png(page, view: str, before: bytes, timeout: float = 30) -> bytes:
+    """The view's picture once it differs from ``before`` (and has had half a second to settle)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        if view_png(page, view) != before:
+            time.sleep(0.5)
+            return view_png(page, view)
+    raise AssertionError(f"the {view} view did not change")
+
+
+def server_paths(report) -> list[str]:
+    """Strings of a report that look like absolute paths (POSIX or Windows)."""
+    if isinstance(report, dict):
+        return [p for v in report.values() for p in server_paths(v)]
+    if isinstance(report, list):
+        return [p for v in report for p in server_paths(v)]
+    return [report] if isinstance(report, str) and re.match(r"^(/|[A-Za-z]:[\\/]|\\\\)", report) else []
+
+
+def check_top_percent(page) -> list[int]:
+    """Top % over its whole range: every step shows more of the map, and the page says how much."""
+    set_state(page, "opacity", 0)
+    reference = changed_png(page, "axial", view_png(page, "axial"))
+    set_state(page, "opacity", 0.6)
+    png = changed_png(page, "axial", reference)
+    counts, relevance, voxels = [], [], []
+    for top in (0.5, 5, 15, 30, 50):
+        text = page.inner_text("#threshold-text")
+        set_state(page, "top_percent", top)
+        page.wait_for_function("t => document.querySelector('#threshold-text').innerText !== t", arg=text)
+        png = changed_png(page, "axial", png)
+        counts.append(overlay_pixels(png, reference))
+        shares = re.search(r"shown: (\d+) % of the positive relevance, in ([0-9.]+) % of the voxels",
+                           page.inner_text("#threshold-text"))
+        relevance.append(int(shares.group(1)))
+        voxels.append(float(shares.group(2)))
+        assert page.inner_text("#threshold-value").strip() == f"{top:.1f} %"
+    assert all(b > 1.15 * a for a, b in zip(counts, counts[1:])), counts  # no floor: each step shows more
+    assert relevance == sorted(relevance) and relevance[-1] > relevance[0], relevance
+    assert all(b > a for a, b in zip(voxels, voxels[1:])), voxels
+    set_state(page, "top_percent", 5.0)
+    return counts
+
+
+def check_layout(page, size: str) -> None:
+    """Every control of the side panel can be scrolled to and is then whole on screen; the views fit the page."""
+    width, height = page.viewport_size["width"], page.viewport_size["height"]
+    for selector in ("#use-example", "#diagnose", "#research-use", "#opacity", "#threshold", "#threshold-text",
+                     "#reset-view", "#download-relevance", "#download-report", "#download-overview"):
+        element = page.locator(selector).first
+        element.scroll_into_view_if_needed()
+        box = element.bounding_box()
+        assert box and box["x"] >= 0 and box["y"] >= 0, (size, selector, box)
+        assert box["x"] + box["width"] <= 360 and box["y"] + box["height"] <= height, (size, selector, box)
+    overflow = page.evaluate("() => { const p = document.querySelector('.v-navigation-drawer__content');"
+                             " return [p.scrollWidth - p.clientWidth, getComputedStyle(p).overflowY]; }")
+    assert overflow == [0, "scroll"], (size, overflow)  # nothing cut sideways; the panel scrolls (cue: its bar)
+    for view in ("axial", "coronal", "sagittal", "threed"):
+        box = page.locator(f"#view-{view}").bounding_box()
+        assert box["x"] >= 360 and box["x"] + box["width"] <= width + 1, (size, view, box)
+        assert box["y"] >= 40 and box["y"] + box["height"] <= height + 1, (size, view, box)
+    duplicates = page.evaluate("() => { const ids = [...document.querySelectorAll('[id]')].map(e => e.id);"
+                               " return ids.filter((x, i) => ids.indexOf(x) !== i); }")
+    assert duplicates == [], duplicates
+    page.locator("#use-example").scroll_into_view_if_needed()
+    if os.environ.get("ADDIAGNOSIS_WEB_SCREENSHOTS"):
+        name = "web.png" if size == "1440x900" else f"web-{size}.png"
+        page.screenshot(path=str(Path(os.environ["ADDIAGNOSIS_WEB_SCREENSHOTS"]) / name))
+
+
+def check_rediagnose(page, centred: float) -> None:
+    """Reset views re-centres on the relevance; another method marks the result stale; diagnosing again keeps
+    the user's slice."""
+    moved = state(page, "slice_axial")
+    assert moved != pytest.approx(centred)
+    page.click("#reset-view")
+    page.wait_for_function("c => Math.abs(window.trame.state.get('slice_axial') - c) < 1e-3", arg=centred)
+    set_state(page, "slice_axial", moved)
+    page.wait_for_function("m => Math.abs(window.trame.state.get('slice_axial') - m) < 1e-3", arg=moved)
+    assert not page.locator("#stale").count()
+    set_state(page, "method", "lrp-epsilon")
+    page.wait_for_selector("#stale")
+    assert page.locator("#result.addiagnosis-stale").count() == 1  # the old result is dimmed
+    page.click("#diagnose")
+    page.wait_for_selector("#stale", state="detached")
+    page.wait_for_function("() => !window.trame.state.get('busy')")
+    assert "(lrp-epsilon)" in page.inner_text("#result")
+    assert state(page, "slice_axial") == pytest.approx(moved)  # the user's position survives a re-diagnosis
+
 def test_web_app_in_browser(server, cli_reference, browser, tmp_path):
     report, cli_rel = cli_reference
     url = server["url"]
     example = nib.load(default_scan())
     ctx_a = browser.new_context(viewport={"width": 1440, "height": 900}, accept_downloads=True)
-    ctx_b = browser.new_context(viewport={"width": 1280, "height": 800}, accept_downloads=True)
+    ctx_b = browser.new_context(viewport={"width": 1280, "height": 720}, accept_downloads=True)
+    failed = []  # HTTP answers >= 400 the pages got (an over-limit upload's 413 is the only one expected)
+    for ctx in (ctx_a, ctx_b):
+        ctx.on("response", lambda r: r.status >= 400 and failed.append((r.status, r.request.method, r.url)))
     try:
         # ---- session A: example scan, Diagnose, compare with the CLI ----------------------------------------
         a = open_page(ctx_a, url)
@@ -162,11 +294,20 @@ def test_web_app_in_browser(server, cli_reference, browser, tmp_path):
         a.click("#use-example")
         a.wait_for_selector("#scan-name")
         assert a.inner_text("#scan-name") == "synthetic-AD-subject"
+        assert a.inner_text("#scan-info").endswith("voxels, 1.96 x 1.64 x 1.57 mm")
+        assert legend_pixels(view_png(a, "axial")) == 0  # no legend before a result
         t0 = time.perf_counter()
         a.click("#diagnose")
         a.wait_for_selector("#predicted")
         seconds = wait_for_overlay(a, "axial", t0)
         print(f"\nweb: click Diagnose -> overlay visible in the axial view: {seconds:.2f} s")
+        for view in ("axial", "coronal", "sagittal"):  # the legend from the first Diagnose on
+            assert legend_pixels(view_png(a, view)) > 100, view
+        centred = state(a, "slice_axial")
+        assert a.inner_text("#opacity-value").strip() == "0.60"
+        assert a.inner_text("#threshold-value").strip() == "5.0 %"
+        for view in ("axial", "coronal", "sagittal"):
+            assert re.fullmatch(r"-?\d+\.\d mm", a.inner_text(f"#slice-{view}-value").strip())
         assert a.inner_text("#predicted") == report["predicted_class"]
         shown = shown_probabilities(a)
         assert set(shown) == set(report["probabilities"])
@@ -196,6 +337,7 @@ def test_web_app_in_browser(server, cli_reference, browser, tmp_path):
             time.sleep(0.2)
         assert hot_pixels(a.locator("#view-axial img").first.screenshot()) <= before // 10
         a.evaluate("() => window.trame.state.set('opacity', 0.6)")
+        print(f"web: pixels the overlay covers at Top % 0.5, 5, 15, 30, 50: {check_top_percent(a)}")
 
         # slice scrolling: the axial slider moves the axial view to another slice (another picture)
         shown_before = np.asarray(Image.open(io.BytesIO(a.locator("#view-axial img").first.screenshot())))
@@ -226,15 +368,19 @@ def test_web_app_in_browser(server, cli_reference, browser, tmp_path):
         rep = a.request.get(url + "download/report.json").json()
         assert rep["predicted_class"] == report["predicted_class"]
         assert rep["research_use"] == RESEARCH_USE
+        assert server_paths(report)  # the CLI's report names its files by path ...
+        assert server_paths(rep) == []  # ... the web's names none of the server's
+        assert rep["input"]["source"] == "synthetic-AD-subject"
         png = a.request.get(url + "download/overview.png").body()
         assert png[:8] == b"\x89PNG\r\n\x1a\n"
-        if os.environ.get("ADDIAGNOSIS_WEB_SCREENSHOT"):
-            a.wait_for_timeout(500)
-            a.screenshot(path=os.environ["ADDIAGNOSIS_WEB_SCREENSHOT"])
+        check_layout(a, "1440x900")
+        check_rediagnose(a, centred)
 
         # ---- session B: bad uploads show one line, the server keeps serving ----------------------------------
         b = open_page(ctx_b, url)
         assert not b.locator("#scan-name").count()  # B sees nothing of A's
+        diagnose_colour = "() => getComputedStyle(document.querySelector('#diagnose')).backgroundColor"
+        disabled_colour = b.evaluate(diagnose_colour)
         not_nifti = tmp_path / "notes.nii"
         not_nifti.write_bytes(b"this is not an image\n" * 50)
         flat = tmp_path / "flat.nii.gz"
@@ -260,6 +406,9 @@ def test_web_app_in_browser(server, cli_reference, browser, tmp_path):
         b.wait_for_selector("#scan-name")
         assert b.inner_text("#scan-name") == "other-subject"
         assert not b.locator("#message").count()
+        enabled = png_array(b.locator("#diagnose").screenshot()).reshape(-1, 3).mean(axis=0)
+        assert enabled[0] > enabled[2] + 80  # orange when it can be pressed ...
+        assert b.evaluate(diagnose_colour) != disabled_colour  # ... and not before
 
         # ---- both diagnose at the same time; each sees only its own scan and result -----------------------------
         a.click("#use-example")  # a fresh load in A (its previous result goes), so both run now
@@ -278,10 +427,13 @@ def test_web_app_in_browser(server, cli_reference, browser, tmp_path):
         np.testing.assert_allclose(rel_b.affine, nib.load(other).affine, atol=1e-5)
         rep_b = b.request.get(url + "download/report.json").json()
         assert rep_b["input"]["shape"] == list(nib.load(other).shape)
+        assert server_paths(rep_b) == [] and rep_b["input"]["source"] == "other-subject"
+        check_layout(b, "1280x720")
         rep_a = a.request.get(url + "download/report.json").json()
         assert rep_a["input"]["shape"] == list(example.shape)
     except Exception:
         print(server["log"].read_text())
+        print(server["output"].read_text(errors="replace")[-4000:])
         raise
     finally:
         ctx_a.close()
@@ -295,6 +447,11 @@ def test_web_app_in_browser(server, cli_reference, browser, tmp_path):
     assert log.count("event=session outcome=ended") >= 2
     assert "event=upload outcome=refused" in log and "event=diagnose outcome=ok" in log
     assert "127.0.0.1" not in log and "other-subject" not in log and "synthetic-AD" not in log
+    # no 405 (trame's launcher request is answered) and no other failure but the over-limit upload's 413
+    assert [f for f in failed if f[0] != 413] == [], failed
+    output = server["output"].read_text(errors="replace")
+    for sign in ("Traceback", "Task exception was never retrieved", "ClientConnectionResetError", "Error"):
+        assert sign not in output, output[-3000:]
 
 
 def _save(data: bytes, path: Path):

@@ -56,8 +56,7 @@ ROLE = "ADDiagnosis.role"  # node attribute naming what an output node is
 # Hot colour ramp (position in [0,1] of the displayed window -> RGB): dark red, red, orange, yellow.
 HOT = ((0.0, 0.45, 0.0, 0.0), (0.35, 0.9, 0.05, 0.0), (0.7, 1.0, 0.6, 0.0), (1.0, 1.0, 1.0, 0.25))
 DEFAULT_OPACITY = 0.6
-DEFAULT_TOP_PERCENT = 5.0  # threshold: show the top 5% of positive relevance in the slice views
-LOWEST_SHOWN = 0.1  # ... but never relevance below 10% of the saturation value
+DEFAULT_TOP_PERCENT = 5.0  # threshold: show the top 5% of positive relevance in the slice views (no other floor)
 
 
 class SceneError(AddiagnosisError):
@@ -208,7 +207,7 @@ def display_range(relevance: np.ndarray, top_percent: float = DEFAULT_TOP_PERCEN
                             empty=True)
     lower, upper, vr_low = (float(v) for v in np.percentile(pos, [100.0 - top_percent, 99.9, 99.0]))
     upper = max(upper, 1e-30)
-    lower = min(max(lower, LOWEST_SHOWN * upper), upper)
+    lower = min(lower, upper)  # no hidden floor: what Top % says is what is shown
     vr_low = min(max(vr_low, lower), upper)
     return DisplayRange(lower=lower, upper=upper, vr_low=vr_low, vr_high=upper, max=vmax, min=float(flat.min()),
                         empty=False)
@@ -566,10 +565,21 @@ def set_overlay_opacity(scene, relevance_node, opacity: float) -> None:
 
 
 def set_threshold(relevance_node, lower: float) -> None:
-    """Live threshold change: slice views hide relevance below ``lower``."""
+    """Live threshold change: slice views hide relevance below ``lower``, where the colours (and legend) start."""
     disp = relevance_node.GetDisplayNode()
-    disp.SetThreshold(float(lower), max(float(lower), disp.GetUpperThreshold()))
+    lower = float(lower)
+    disp.SetWindowLevelMinMax(lower, max(disp.GetWindowLevelMax(), lower + 1e-12 * max(1.0, abs(lower))))
+    disp.SetThreshold(lower, max(lower, disp.GetUpperThreshold()))
     disp.ApplyThresholdOn()
+
+
+def shown_shares(relevance_node, lower: float) -> tuple[float, float]:
+    """(share of the positive relevance, share of all voxels) at or above the threshold ``lower``: what is shown."""
+    arr = array_from_node(relevance_node)
+    shown = arr >= lower
+    positive = float(arr[arr > 0].sum())
+    return (float(arr[shown & (arr > 0)].sum()) / positive if positive > 0 else 0.0,
+            float(np.count_nonzero(shown)) / max(1, arr.size))
 
 
 def threshold_for_top_percent(relevance_node, top_percent: float) -> float:

@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -250,7 +251,9 @@ class Gateway:
                 _, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
                 for task in pending:
                     task.cancel()
-                await asyncio.gather(*pending, return_exceptions=True)
+                # every task's end collected, a closed peer's ClientConnectionResetError included: none is left
+                # for asyncio to report as "Task exception was never retrieved"
+                await asyncio.gather(*tasks, return_exceptions=True)
         except Exception:
             pass
         finally:
@@ -310,6 +313,14 @@ class Gateway:
         return web.FileResponse(path, headers={"Content-Disposition": f'attachment; filename="{name}"',
                                                "Cache-Control": "no-store"})
 
+    async def session_url(self, request: web.Request) -> web.Response:
+        """trame's page asks a launcher for its websocket (``POST paraview/``) before it falls back to ``ws``
+        beside the page; answering it here saves every page load a 405. USE_HOST is the page's own host (and
+        ws:// becomes wss:// under https); the path is the page's, which a path-prefixing proxy keeps."""
+        page = urllib.parse.urlsplit(request.headers.get("Referer", "")).path or "/"
+        folder = page if page.endswith("/") else page.rsplit("/", 1)[0] + "/"
+        return web.json_response({"sessionURL": f"ws://USE_HOST{folder}ws"})
+
     async def health(self, request: web.Request) -> web.Response:
         return web.json_response({"ok": True, "sessions": len(self.sessions)})
 
@@ -338,6 +349,7 @@ class Gateway:
         app.router.add_get("/healthz", self.health)
         app.router.add_post("/upload", self.upload)
         app.router.add_get("/download/{name}", self.download)
+        app.router.add_post("/paraview/", self.session_url)
         app.router.add_route("*", "/{tail:.*}", self.handle)
         app.on_startup.append(self.on_startup)
         app.on_shutdown.append(self.on_shutdown)

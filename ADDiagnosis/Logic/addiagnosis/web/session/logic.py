@@ -76,6 +76,7 @@ class Session:
         self.scene = self.runtime.scene
         self.views = SessionViews(server, self.runtime, self._slice_moved)
         self.input_node = self.volume = self.outputs = self.result = None
+        self.request: tuple | None = None  # (model, method, target) of the result on show
         self.upload_path: Path | None = None
         self.tasks: list[asyncio.Future] = []  # asyncio keeps only weak references to tasks: hold them here
         self._engine_lock = threading.Lock()
@@ -98,6 +99,8 @@ class Session:
         page.on_change(PageState.model, lambda model, **_: self._set_targets(model))
         page.on_change(PageState.opacity, lambda opacity, **_: self.set_opacity(opacity))
         page.on_change(PageState.top_percent, lambda top_percent, **_: self.set_top_percent(top_percent))
+        for key in (PageState.model, PageState.method, PageState.target):
+            page.on_change(key, lambda **_: self._mark_stale())
         for key, _ in VIEWS:
             page.on_change(slice_key(key), lambda key=key, **kw: self.set_slice(key, kw[slice_key(key)]))
 
@@ -204,7 +207,7 @@ class Session:
 
     def _reset_result(self) -> None:
         self.page.reset("result")
-        self.result = None
+        self.result = self.request = None
         shutil.rmtree(self.results, ignore_errors=True)
 
     # -------------------------------------------------------------------------------- diagnosis
@@ -218,6 +221,7 @@ class Session:
         page = self.page
         volume, node = self.volume, self.input_node
         model, method = page.model, page.method
+        request = (model, method, page.target)
         target = None if page.target in ("", "predicted") else page.target
         t0 = time.perf_counter()
         self._set_busy(True)
@@ -229,6 +233,8 @@ class Session:
             t_engine = time.perf_counter() - t0
             self._progress("showing the result", 0.95)
             self._show(node, result, t0)
+            self.request = request
+            self._mark_stale()
             self._log("diagnose", "ok", seconds=f"{time.perf_counter() - t0:.2f}", engine_s=f"{t_engine:.2f}")
             await asyncio.to_thread(self._write_downloads, volume, result)
             with page:
@@ -282,7 +288,9 @@ class Session:
             self.outputs = push_results(self.scene, node, result, options, vr_logic=self.runtime.vr_logic)
             if first:
                 self.views.reset(node, (result.summary or {}).get("top1pct_centroid_ras"))
+        self.views.show_legend(self.outputs.legend)
         self.result = result
+        self._show_threshold(self.outputs.display_range.lower)
         self._sync_slices()
         self._show_result(result, time.perf_counter() - t0)
         self.views.render()
@@ -326,8 +334,33 @@ class Session:
             return
         from addiagnosis.mrml.scene import set_top_percent
 
-        set_top_percent(self.outputs.relevance, float(top_percent))
+        self._show_threshold(set_top_percent(self.outputs.relevance, float(top_percent)))
         self.views.render(slices_only=True)
+
+    def _show_threshold(self, lower: float) -> None:
+        """The threshold as a value and as what it shows: shares of the positive relevance and of the voxels."""
+        from addiagnosis.mrml.scene import shown_shares
+
+        relevance, voxels = shown_shares(self.outputs.relevance, lower)
+        self.page.threshold_text = (f"relevance \u2265 {lower:.3g} shown: {100 * relevance:.0f} % of the positive "
+                                    f"relevance, in {100 * voxels:.2f} % of the voxels")
+
+    def _mark_stale(self) -> None:
+        """A result made with another model, method or class than now selected is marked as such."""
+        page = self.page
+        stale = self.request is not None and self.request != (page.model, page.method, page.target)
+        if bool(page.stale) != stale:
+            page.stale = stale
+
+    def reset_view(self) -> None:
+        """Slices back through the relevance (or the scan's centre), fitted; the 3D view from front-left-above."""
+        if self.input_node is None:
+            return
+        focus = (self.result.summary or {}).get("top1pct_centroid_ras") if self.result is not None else None
+        with self.views.held():
+            self.views.reset(self.input_node, focus)
+        self._sync_slices()
+        self.views.render()
 
     def set_slice(self, key: str, value) -> None:
         try:

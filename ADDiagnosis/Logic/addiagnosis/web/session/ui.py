@@ -25,8 +25,8 @@ def build_ui(server, session):
     ctrl.trigger("addiagnosis_upload_failed")(session.upload_failed)
     with VAppLayout(server, full_height=True, theme="dark") as layout:
         _app_bar()
-        with v.VNavigationDrawer(permanent=True, width=360, border="e", classes="pa-3"):
-            with html.Div(classes="d-flex flex-column ga-3"):
+        with v.VNavigationDrawer(permanent=True, width=360, border="e", classes="addiagnosis-panel"):
+            with html.Div(classes="d-flex flex-column ga-2 pa-3"):
                 _scan_controls(session)
                 _result(session)
                 _display_controls(session)
@@ -51,12 +51,13 @@ def _scan_controls(session) -> None:
     from trame.widgets import html
     from trame.widgets import vuetify3 as v
 
-    v.VBtn("Use the example scan", id="use-example", block=True, color="primary", variant="tonal",
-           prepend_icon="mdi-brain", click=session.use_example, disabled=(f"{S.busy}",))
-    with html.Label(classes="addiagnosis-drop", id="drop-zone"):
-        html.Input(type="file", accept=".nii,.gz", classes="addiagnosis-file", id="file-input")
-        html.Div("Upload .nii / .nii.gz", classes="text-body-2 font-weight-medium")
-        html.Div("click to choose, or drop a file here", classes="text-caption text-medium-emphasis")
+    with html.Div(classes="addiagnosis-sources"):
+        v.VBtn("Example scan", id="use-example", color="primary", variant="tonal", height="auto",
+               prepend_icon="mdi-brain", click=session.use_example, disabled=(f"{S.busy}",))
+        with html.Label(classes="addiagnosis-drop", id="drop-zone"):
+            html.Input(type="file", accept=".nii,.gz", classes="addiagnosis-file", id="file-input")
+            html.Div("Upload .nii / .nii.gz", classes="text-body-2 font-weight-medium")
+            html.Div("click, or drop a file here", classes="text-caption text-medium-emphasis")
     html.Div(f"{{{{ {S.scan_name} }}}}", v_if=f"{S.has_scan}", id="scan-name", classes="text-body-2 font-weight-medium")
     html.Div(f"{{{{ {S.scan_info} }}}}", v_if=f"{S.has_scan}", id="scan-info",
              classes="text-caption text-medium-emphasis mt-n3")
@@ -81,7 +82,10 @@ def _result(session) -> None:
     """Predicted class, a bar per class, what was explained, the research-use line and the model's notice."""
     from trame.widgets import html
 
-    with html.Div(v_if=f"{S.has_result}", id="result", classes="d-flex flex-column ga-1"):
+    html.Div("Method or class changed since this result: Diagnose again to update it.", v_if=f"{S.stale}",
+             id="stale", classes="text-caption text-orange")
+    with html.Div(v_if=f"{S.has_result}", id="result",
+                  classes=(f"{S.stale} ? 'd-flex flex-column ga-1 addiagnosis-stale' : 'd-flex flex-column ga-1'",)):
         with html.Div(classes="text-h6"):
             html.Span("Predicted ")
             html.Span(f"{{{{ {S.predicted} }}}}", id="predicted", classes="text-deep-orange-lighten-1")
@@ -100,14 +104,29 @@ def _result(session) -> None:
 
 
 def _display_controls(session) -> None:
+    """Opacity and Top % of the overlay, each with its value; the threshold they give; reset of the views."""
     from trame.widgets import html
     from trame.widgets import vuetify3 as v
 
     with html.Div(v_if=f"{S.has_result}", classes="d-flex flex-column"):
-        v.VSlider(label="Opacity", v_model=(f"{S.opacity}",), min=0, max=1, step=0.05, density="compact",
-                  hide_details=True, id="opacity", thumb_label=True)
-        v.VSlider(label="Top %", v_model=(f"{S.top_percent}",), min=0.5, max=50, step=0.5, density="compact",
-                  hide_details=True, id="threshold", thumb_label=True)
+        _slider_row("Opacity", S.opacity, (0, 1, 0.05), f"Number({S.opacity}).toFixed(2)", "opacity")
+        _slider_row("Top %", S.top_percent, (0.5, 50, 0.5), f"Number({S.top_percent}).toFixed(1) + ' %'", "threshold")
+        html.Div(f"{{{{ {S.threshold_text} }}}}", id="threshold-text", classes="text-caption text-medium-emphasis")
+    v.VBtn("Reset views", id="reset-view", v_if=f"{S.has_scan}", size="small", variant="outlined",
+           prepend_icon="mdi-image-filter-center-focus", click=session.reset_view, classes="align-self-start")
+
+
+def _slider_row(label: str, key, limits, value_text: str, row_id: str) -> None:
+    """A labelled slider with its value written beside it (the row carries the id: Vuetify puts a slider's own
+    id on two elements)."""
+    from trame.widgets import html
+    from trame.widgets import vuetify3 as v
+
+    low, high, step = limits
+    with html.Div(classes="addiagnosis-slider-row", id=row_id):
+        html.Span(label, classes="addiagnosis-slider-label")
+        v.VSlider(v_model=(f"{key}",), min=low, max=high, step=step, density="compact", hide_details=True)
+        html.Span(f"{{{{ {value_text} }}}}", classes="addiagnosis-slider-value", id=f"{row_id}-value")
 
 
 def _downloads() -> None:
@@ -139,6 +158,9 @@ def _view_grid(session) -> None:
                         html.Span("volume rendering of the top relevance", v_if=f"{S.has_result}",
                                   classes="text-caption text-medium-emphasis ml-2")
                         continue
-                    v.VSlider(v_model=(slice_key(key),), min=(slice_key(key, "min"),), max=(slice_key(key, "max"),),
-                              step=(slice_key(key, "step"),), density="compact", hide_details=True,
-                              disabled=(f"!{S.has_scan}",), id=f"slice-{key}", classes="mx-2")
+                    with html.Div(classes="addiagnosis-slice", id=f"slice-{key}"):
+                        v.VSlider(v_model=(slice_key(key),), min=(slice_key(key, "min"),),
+                                  max=(slice_key(key, "max"),), step=(slice_key(key, "step"),), density="compact",
+                                  hide_details=True, disabled=(f"!{S.has_scan}",), classes="mx-2")
+                        html.Span(f"{{{{ Number({slice_key(key)}).toFixed(1) }}}} mm", v_if=f"{S.has_scan}",
+                                  classes="addiagnosis-slider-value", id=f"slice-{key}-value")
