@@ -20,8 +20,10 @@ from addiagnosis.explain.lrp import REFERENCE_METHODS, FastLRP
 from addiagnosis.io.checks import check_volume
 from addiagnosis.io.volume import Volume
 from addiagnosis.metrics import share_inside
+from addiagnosis.models import ood as ood_model
 from addiagnosis.models.card import AUTO_METHOD, METHOD_CHOICES, METHODS, SYNTHETIC_NOTICE, recommended_method  # noqa: F401
 from addiagnosis.models.package import ModelPackage, find_package
+from addiagnosis.prep import qc as quality
 from addiagnosis.prep.physical import Prepared, prepare, reference_input
 from addiagnosis.prep.template import use_package_template
 
@@ -49,6 +51,7 @@ class DiagnosisResult:
     research_use: str = RESEARCH_USE
     model_path: str | None = None  # the package folder the model came from
     weights_sha256: str | None = None  # of the weights file actually loaded (checked against the card)
+    qc: dict | None = None  # {verdict, reasons: [{check, verdict, detail}], ood: {score, percentile, threshold}}
     prediction_set: list[str] | None = None  # split-conformal set of stages (the card's ``conformal`` block)
     prediction_set_coverage: float | None = None  # e.g. 0.9
 
@@ -70,6 +73,7 @@ class DiagnosisResult:
             "timings_s": {k: round(v, 4) for k, v in self.timings.items()},
             "device": self.device,
             "warnings": list(self.warnings),
+            "qc": self.qc,
             "software": software_versions(),
         }
         if input_volume is not None:
@@ -117,6 +121,8 @@ class GridExplanation:
     target: int  # class index whose relevance this is
     method: str  # resolved method name
     relevance: np.ndarray  # (D,H,W) float32, on the model grid
+    features: np.ndarray | None = None  # penultimate-layer features (the OOD score's input)
+    qc: dict | None = None  # input quality control and OOD score (prep.qc.assess + with_ood)
 
     def on_input(self) -> np.ndarray:
         """The relevance on the input grid (float32; same shape as the input volume)."""
@@ -131,9 +137,12 @@ class Diagnoser:
         """``model``: other weights of the package's architecture (the randomisation check); default its own."""
         self.package = package if isinstance(package, ModelPackage) else find_package(package)
         self.device = resolve_device(device)
-        model = self.package.load_model("cpu") if model is None else model
+        own = model is None
+        model = self.package.load_model("cpu") if own else model
         self.model = model
         self.engine = FastLRP(model, device=self.device)
+        # the package's OOD fit (None without one, or for other weights than the package's own)
+        self.ood = ood_model.load(self.package.path, self.package.card, model.state_dict()) if own else None
         self.recommended_method = self.package.card.recommended_method
 
     def resolve_method(self, method: str | None) -> str:
@@ -175,6 +184,7 @@ class Diagnoser:
         note("classifying", 0.3)
         cache = self.engine.forward(tensor)
         logits = cache.logits[0].double().cpu()
+        features = cache.hidden_pre[0].double().cpu().numpy()
         probs = torch.softmax(logits, 0).numpy()
         predicted = int(np.argmax(probs))
         timings["forward"] = time.perf_counter() - t
@@ -185,7 +195,7 @@ class Diagnoser:
         rel_grid = self.engine.relevance(cache, tgt, method).float().cpu().numpy()
         del cache
         timings["relevance"] = time.perf_counter() - t
-        return GridExplanation(None, logits, probs, predicted, tgt, method, rel_grid)
+        return GridExplanation(None, logits, probs, predicted, tgt, method, rel_grid, features)
 
     def explain_on_grid(self, volume: Volume, method: str | None = AUTO_METHOD, target: str | int | None = None,
                         progress: ProgressCallback | None = None, timings: dict | None = None) -> GridExplanation:
@@ -206,6 +216,10 @@ class Diagnoser:
         timings["preprocess"] = time.perf_counter() - t
         explained = self.explain_tensor(prepared.tensor, method, target, note, timings)
         explained.prepared = prepared
+        t = time.perf_counter()
+        record = quality.assess(volume, prepared.info, self.package.card)
+        explained.qc = quality.with_ood(record, None if self.ood is None else self.ood.score(explained.features))
+        timings["qc"] = time.perf_counter() - t
         return explained
 
     def run(self, volume: Volume, method: str | None = AUTO_METHOD, target: str | int | None = None,
@@ -232,7 +246,7 @@ class Diagnoser:
             warnings=[str(w) for w in g.prepared.info.get("warnings", [])],
             model_notice=SYNTHETIC_NOTICE if self.package.card.synthetic else None,
             model_intended_use=self.package.card.intended_use,
-            model_path=str(self.package.path.resolve()), weights_sha256=self.package.weights_sha256,
+            model_path=str(self.package.path.resolve()), weights_sha256=self.package.weights_sha256, qc=g.qc,
             prediction_set=None if conformal is None else conformal.classes(probabilities),
             prediction_set_coverage=None if conformal is None else conformal.coverage,
         )
