@@ -9,6 +9,7 @@ Research use only: not a medical device.
 
 import logging
 import os
+import shutil
 import sys
 import time
 from typing import Annotated, Optional, Union
@@ -32,9 +33,14 @@ LOGIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "Logic")
 if LOGIC_DIR not in sys.path:
     sys.path.insert(0, LOGIC_DIR)
 
+# All torch-free: Slicer's GUI process never imports torch (the worker process runs it).
 from addiagnosis import RESEARCH_USE  # noqa: E402
-from addiagnosis.models import card as _card  # noqa: E402 - torch-free: names, methods, card text
-from addiagnosis.models import discovery as _discovery  # noqa: E402 - torch-free: which packages are installed
+from addiagnosis.io.checks import check_volume  # noqa: E402 - the one input check, before anything runs
+from addiagnosis.models import card as _card  # noqa: E402 - names, methods, card text
+from addiagnosis.models import discovery as _discovery  # noqa: E402 - which packages are installed
+from addiagnosis.mrml import regions as _regions  # noqa: E402 - relevance per label / segment
+from addiagnosis.mrml import scene as _scene  # noqa: E402 - volume node -> Volume, result -> nodes
+from addiagnosis.worker import client as _client  # noqa: E402 - the long-lived worker process and its jobs
 
 METHODS = list(_card.METHOD_CHOICES)  # "auto": the card's recommended method (lrp-reference-alpha1beta0, bundled)
 TORCH_REQUIREMENT = ">=2.1"
@@ -43,7 +49,9 @@ TORCH_REQUIREMENT = ">=2.1"
 PIP_PACKAGES = {"scipy": "scipy>=1.10"}
 # Packages whose template preprocessing does not carry its own template assets need nilearn (which ships MNI152).
 TEMPLATE_PACKAGE = {"nilearn": "nilearn>=0.10"}
-POLL_MS = 100  # the GUI reads the worker's progress this often (never blocking)
+POLL_MS = 50  # the GUI reads the worker's progress this often (non-blocking reads: a tick costs microseconds)
+IDLE_SETTING = "ADDiagnosis/WorkerIdleSeconds"  # the worker leaves after this long unused (default 600 s)
+ENGINE_PACKAGE = "addiagnosis"
 
 
 #
@@ -75,6 +83,7 @@ class ADDiagnosis(ScriptedLoadableModule):
             "implementation: zennit. Rendering and scene code: 3D Slicer (slicer.org)."
         )
         slicer.app.connect("startupCompleted()", registerSampleData)
+        slicer.app.connect("aboutToQuit()", ADDiagnosisLogic.stopWorker)  # no worker outlives Slicer
 
 
 #
@@ -124,6 +133,41 @@ def _installed(module):
         return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):
         return False
+
+
+class Verdict:
+    """How far to trust a result: ``level`` "pass", "warn" (yellow: check it) or "fail" (red: not interpretable)."""
+
+    COLORS = {"warn": "background-color: #fff3b0; color: #5c4400;",
+              "fail": "background-color: #f8c5c5; color: #7a0000; font-weight: bold;"}
+
+    def __init__(self, level, reasons):
+        self.level, self.reasons = level, list(reasons)
+
+    @classmethod
+    def of(cls, result):
+        """From the result's quality control (``qc``: its verdict and the checks that did not pass), or, for a
+        result without one, its warnings (the registration's: did not converge, poor correlation)."""
+        qc = getattr(result, "qc", None)
+        if not qc:
+            warnings = [str(w) for w in (getattr(result, "warnings", None) or [])]
+            return cls("warn" if warnings else "pass", warnings)
+        reasons = []
+        for reason in qc.get("reasons") or []:
+            if not isinstance(reason, dict):
+                reasons.append(str(reason))
+            elif reason.get("verdict") != "pass":
+                reasons.append(str(reason.get("detail") or reason.get("check")))
+        verdict = str(qc.get("verdict") or "pass")
+        return cls(verdict if verdict in cls.COLORS else "pass", reasons)
+
+    @property
+    def text(self):
+        """One line: "" (pass), "check: <reasons>" or "not interpretable: <reasons>"."""
+        if self.level == "pass":
+            return ""
+        head = _("not interpretable: ") if self.level == "fail" else _("check: ")
+        return head + ("; ".join(self.reasons) or _("quality control flagged this result"))
 
 
 #
@@ -180,6 +224,7 @@ class ADDiagnosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.ui.researchUseLabel.text = RESEARCH_USE
         self.ui.progressBar.visible = False
+        self.ui.verdictLabel.visible = False
         self._fillModels()
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
@@ -197,11 +242,31 @@ class ADDiagnosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def cleanup(self):
         self._cancel()
+        ADDiagnosisLogic.stopWorker()
         self._disconnectParameterNode()
         self.removeObservers()
 
     def enter(self):
         self.initializeParameterNode()
+        self._warmUp()
+
+    def onReload(self):
+        """Slicer's Reload: also re-import the engine (``addiagnosis.*``), so that edits to it take effect."""
+        self._cancel()
+        ADDiagnosisLogic.stopWorker()
+        for name in [n for n in sys.modules if n == ENGINE_PACKAGE or n.startswith(ENGINE_PACKAGE + ".")]:
+            del sys.modules[name]
+        ScriptedLoadableModuleWidget.onReload(self)
+
+    def _warmUp(self):
+        """Start the worker (torch, the selected model) in the background, so the first Diagnose does not wait."""
+        p = self._parameterNode
+        if p is None or not p.model or self._job is not None:
+            return
+        try:
+            self.logic.warmUp(p.model, p.method, p.device)
+        except Exception as exc:  # Diagnose will report it, in one line, if it still fails then
+            logging.info(f"ADDiagnosis: the worker was not started in advance ({exc})")
 
     def exit(self):
         self._disconnectParameterNode()
@@ -281,6 +346,8 @@ class ADDiagnosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode and self._parameterNode.model != name:
             self._parameterNode.model = name
         card = self.logic.modelCard(name) if name else None
+        if name and ADDiagnosisLogic.workerRunning():
+            self._warmUp()  # load the newly chosen model ahead of the next Diagnose
         self.ui.targetSelector.blockSignals(True)
         self.ui.targetSelector.clear()
         self.ui.targetSelector.addItem(self.PREDICTED)
@@ -338,7 +405,7 @@ class ADDiagnosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._timer.start()
 
     def _cancel(self):
-        """Stop a running diagnosis now: the worker process is killed, the scene was never touched."""
+        """Stop a running diagnosis now: the worker's whole process tree ends; the scene was never touched."""
         if self._job is not None:
             self._job.cancel()
             self._poll()
@@ -379,15 +446,25 @@ class ADDiagnosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._showResult(job.result, outputs)
 
     def _showResult(self, result, outputs):
-        self.ui.predictedLabel.text = f"{result.predicted}  (explained: {result.target}, {result.method})"
+        verdict = Verdict.of(result)
         lines = [f"{c}: {100 * result.probabilities[c]:.1f} %" for c in result.class_names]
-        self.ui.probabilitiesLabel.text = "\n".join(lines)
-        self.ui.resultsCollapsibleButton.collapsed = False
-        self.ui.statusLabel.text = _("done in {s:.1f} s").format(s=time.monotonic() - self._startedAt)
+        if verdict.level == "fail":  # not shown like a good result: no class named as the diagnosis
+            self.ui.predictedLabel.text = _("No diagnosis (not interpretable); the model's output was {c}").format(
+                c=result.predicted)
+            self.ui.probabilitiesLabel.text = _("(for reference only)") + "\n" + "\n".join(lines)
+            self.ui.probabilitiesLabel.styleSheet = "color: gray;"
+        else:
+            self.ui.predictedLabel.text = f"{result.predicted}  (explained: {result.target}, {result.method})"
+            self.ui.probabilitiesLabel.text = "\n".join(lines)
+            self.ui.probabilitiesLabel.styleSheet = ""
         if getattr(result, "model_notice", None):
             self.ui.predictedLabel.text += "\n" + result.model_notice
-        if result.warnings:  # e.g. poor registration to the template: the result may not be trustworthy
-            self.ui.statusLabel.text += " - " + _("warning: ") + "; ".join(result.warnings)
+        # registration / quality-control verdicts: a coloured line in sight, never only in the log
+        self.ui.verdictLabel.text = verdict.text
+        self.ui.verdictLabel.styleSheet = Verdict.COLORS.get(verdict.level, "")
+        self.ui.verdictLabel.visible = verdict.level != "pass"
+        self.ui.resultsCollapsibleButton.collapsed = False
+        self.ui.statusLabel.text = _("done in {s:.1f} s").format(s=time.monotonic() - self._startedAt)
 
     def _onOpacity(self, value):
         rel = self._parameterNode.relevanceVolume if self._parameterNode else None
@@ -413,9 +490,18 @@ class ADDiagnosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 
 class ADDiagnosisLogic(ScriptedLoadableModuleLogic):
-    """The module's logic facade: ``process()`` blocks and works without the GUI (scripts, self-test)."""
+    """The module's computation, as in Slicer's template: ``process()`` blocks and works without the GUI (scripts,
+    the self-test); the widget calls ``start()`` and ``show()`` so that it never waits.
 
+    The diagnosis runs in ONE long-lived worker process per Slicer session, shared by every instance of this class:
+    started on the first Diagnose (or when the module is entered), it keeps torch and the loaded model; it ends on
+    Cancel and on the time limit (the next Diagnose starts a new one), with the module's cleanup, with Slicer, when
+    Slicer dies (its watchdog) and after an idle time (setting ``ADDiagnosis/WorkerIdleSeconds``, default 600 s)."""
+
+    _process = None  # the shared worker (addiagnosis.worker.client.WorkerProcess)
     _dependenciesChecked = False
+    _modelsChecked = set()
+    timeLimit = _client.TIME_LIMIT_S  # seconds a diagnosis may take before it is stopped
 
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
@@ -433,23 +519,27 @@ class ADDiagnosisLogic(ScriptedLoadableModuleLogic):
         if cls._dependenciesChecked:
             return
         if not _installed("torch"):
-            try:
-                import PyTorchUtils
-            except ImportError:
-                raise RuntimeError("ADDiagnosis needs PyTorch: install the 'PyTorch' extension from the "
-                                   "Extensions Manager, restart Slicer and try again") from None
-            torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-            if not torchLogic.torchInstalled():
-                if askConfirmation and not slicer.util.confirmOkCancelDisplay(
-                        _("ADDiagnosis needs PyTorch, which is not installed yet. Install it now "
-                          "(a large download, several minutes)?")):
-                    raise RuntimeError("PyTorch is required; installation was declined")
-                if torchLogic.installTorch(askConfirmation=False, torchVersionRequirement=TORCH_REQUIREMENT) is None:
-                    raise RuntimeError("PyTorch could not be installed (see the Python console)")
+            cls._installTorch(askConfirmation)
         cls._pipInstall(PIP_PACKAGES, askConfirmation)
         cls._dependenciesChecked = True
 
-    _modelsChecked = set()
+    @classmethod
+    def _installTorch(cls, askConfirmation):
+        try:
+            import PyTorchUtils
+        except ImportError:
+            raise RuntimeError("ADDiagnosis needs PyTorch: install the 'PyTorch' extension from the "
+                               "Extensions Manager, restart Slicer and try again") from None
+        torchLogic = PyTorchUtils.PyTorchUtilsLogic()
+        if torchLogic.torchInstalled():
+            return
+        if askConfirmation and not slicer.util.confirmOkCancelDisplay(
+                _("ADDiagnosis needs PyTorch, which is not installed yet. Install it now "
+                  "(a large download, several minutes)?")):
+            raise RuntimeError("PyTorch is required; installation was declined")
+        if torchLogic.installTorch(askConfirmation=False, torchVersionRequirement=TORCH_REQUIREMENT) is None:
+            raise RuntimeError("PyTorch could not be installed (see the Python console)")
+        cls.stopWorker()  # a worker started before the installation would not see it
 
     @classmethod
     def _ensureModelNeeds(cls, model, askConfirmation):
@@ -462,8 +552,8 @@ class ADDiagnosisLogic(ScriptedLoadableModuleLogic):
             cls._pipInstall(TEMPLATE_PACKAGE, askConfirmation)
         cls._modelsChecked.add(model)
 
-    @staticmethod
-    def _pipInstall(packages, askConfirmation):
+    @classmethod
+    def _pipInstall(cls, packages, askConfirmation):
         import importlib
 
         missing = [req for module, req in packages.items() if not _installed(module)]
@@ -474,6 +564,7 @@ class ADDiagnosisLogic(ScriptedLoadableModuleLogic):
             raise RuntimeError(f"required Python packages are missing: {', '.join(missing)}")
         slicer.util.pip_install(missing)
         importlib.invalidate_caches()
+        cls.stopWorker()  # the next Diagnose starts a worker that sees the new packages
 
     @staticmethod
     def _cardOnDisk(model):
@@ -483,7 +574,7 @@ class ADDiagnosisLogic(ScriptedLoadableModuleLogic):
         except Exception:
             return None
 
-    # --- models (addiagnosis.models.card: torch-free, nothing heavy is imported into Slicer's GUI process) -----
+    # --- models (torch-free: nothing heavy is imported into Slicer's GUI process) ----------------------------
     def listModels(self):
         return [{"name": pkg.name, "card_text": self.cardText(pkg.card)} for pkg in _discovery.list_packages()]
 
@@ -495,43 +586,82 @@ class ADDiagnosisLogic(ScriptedLoadableModuleLogic):
         return _card.card_text(card)
 
     def importCheckpoint(self, path, name):
-        from addiagnosis.models.package import import_checkpoint
+        from addiagnosis.models.package import import_checkpoint  # torch: only when a checkpoint is imported
 
         return import_checkpoint(path, name, preset="seed")
 
-    # --- running -----------------------------------------------------------------------------------
+    @staticmethod
+    def modelPath(model):
+        """The package folder the worker loads: a ModelPackage's path, a name or folder resolved here (so the
+        worker needs no search path of its own), or None (the default) where nothing matches."""
+        if hasattr(model, "path"):
+            return str(model.path)
+        try:
+            return str(_discovery.find_package(model or None).path)
+        except Exception:  # the worker reports the reason in one line
+            return model or None
+
+    # --- the worker process -------------------------------------------------------------------------------
     @staticmethod
     def workerPython():
         """The interpreter for the worker process: PythonSlicer inside Slicer (Slicer's own Python)."""
-        import shutil
+        return shutil.which("PythonSlicer") or sys.executable or None
 
-        return shutil.which("PythonSlicer") or sys.executable
+    @staticmethod
+    def idleSeconds():
+        try:
+            return float(slicer.app.userSettings().value(IDLE_SETTING, _client.IDLE_S))
+        except (TypeError, ValueError):
+            return _client.IDLE_S
 
+    @classmethod
+    def worker(cls):
+        """The running worker, started now if there is none (or it left for being idle, or was stopped)."""
+        if cls._process is None or not cls._process.usable():
+            cls.stopWorker()
+            cls._process = _client.WorkerProcess(cls.workerPython(), idle_s=cls.idleSeconds())
+        return cls._process
+
+    @classmethod
+    def workerRunning(cls):
+        return cls._process is not None and cls._process.usable()
+
+    @classmethod
+    def stopWorker(cls):
+        """End the worker's whole process tree (module cleanup, Slicer's exit, Reload, new packages)."""
+        if cls._process is not None:
+            cls._process.stop()
+            cls._process = None
+
+    def warmUp(self, model=None, method="auto", device="cpu"):
+        """Start the worker and load ``model`` in the background (nothing when torch is not installed yet)."""
+        if _installed("torch"):
+            self.worker().load(self.modelPath(model), method, device)
+
+    # --- running -----------------------------------------------------------------------------------
     def start(self, inputNode, model, method, target, device="cpu"):
-        """Check the scan and start the diagnosis in a worker process; returns the job to poll.
+        """Check the scan and give it to the worker; returns the job to poll. The scene is not touched.
 
-        The voxels and IJK-to-RAS go to the worker exactly (.npy); the scene is not touched."""
-        from addiagnosis.mrml.scene import volume_from_node
-        from addiagnosis.worker import WorkerJob, check_volume
-
-        volume = volume_from_node(inputNode)
+        The voxels and IJK-to-RAS go to the worker exactly (.npy). The worker starts first: if Slicer's Python
+        cannot be started, nothing is written."""
+        volume = _scene.volume_from_node(inputNode)
         check_volume(volume)  # the one input check (constant, NaN/Inf, 2D/4D, label maps): before anything runs
-        modelArg = str(model.path) if hasattr(model, "path") else (model or None)
-        job = WorkerJob(volume, modelArg, method, target, device, python=self.workerPython())
+        job = _client.WorkerJob(volume, self.modelPath(model), method, target, device, worker=self.worker(),
+                                time_limit=self.timeLimit)
         job.inputNode = inputNode
         return job
 
-    def show(self, job, parameterNode=None):
+    def show(self, job, parameterNode=None, regionsNode=None):
         """Push a finished job's result into the scene (main thread)."""
-        return self.pushResults(job.inputNode, job.result, parameterNode)
+        return self.pushResults(job.inputNode, job.result, parameterNode, regionsNode)
 
     def pushResults(self, inputNode, result, parameterNode=None, regionsNode=None):
-        from addiagnosis.mrml.scene import push_results
-
-        opacity = parameterNode.overlayOpacity if parameterNode else 0.6
-        top = parameterNode.topPercent if parameterNode else 5.0
-        outputs = push_results(slicer.mrmlScene, inputNode, result, opacity=opacity, top_percent=top,
-                               vr_logic=slicer.modules.volumerendering.logic())
+        options = _scene.PushOptions()
+        if parameterNode:
+            options = _scene.PushOptions(opacity=parameterNode.overlayOpacity, top_percent=parameterNode.topPercent)
+        outputs = _scene.push_results(slicer.mrmlScene, inputNode, result, options,
+                                      vr_logic=slicer.modules.volumerendering.logic())
+        self.markQuality(outputs, Verdict.of(result))
         regionsNode = regionsNode or (parameterNode.regions if parameterNode else None)
         outputs.regions = self.regionSummary(inputNode, regionsNode) if regionsNode else None
         if parameterNode:
@@ -541,11 +671,23 @@ class ADDiagnosisLogic(ScriptedLoadableModuleLogic):
                 parameterNode.regionTable = outputs.regions
         return outputs
 
+    @staticmethod
+    def markQuality(outputs, verdict):
+        """The verdict in the results table (a "Quality" column) and, for a failed result, a grey bar chart."""
+        table = outputs.table.GetTable()
+        column = vtk.vtkStringArray()
+        column.SetName("Quality")
+        for _row in range(table.GetNumberOfRows()):
+            column.InsertNextValue(verdict.text or "ok")
+        table.AddColumn(column)
+        outputs.table.SetColumnDescription("Quality", "registration and quality-control verdict of this result")
+        outputs.table.Modified()
+        if verdict.level == "fail":
+            outputs.series.SetColor(0.6, 0.6, 0.6)
+
     def regionSummary(self, inputNode, regionsNode):
         """Relevance per segment / label (sum, mean, share of positive relevance) as a table node."""
-        from addiagnosis.mrml.regions import region_summary
-
-        return region_summary(slicer.mrmlScene, inputNode, regionsNode)
+        return _regions.region_summary(slicer.mrmlScene, inputNode, regionsNode)
 
     def process(self, inputNode, model=None, method="auto", target=None, device="cpu",
                 parameterNode=None, regionsNode=None, timeout=None):
@@ -553,27 +695,23 @@ class ADDiagnosisLogic(ScriptedLoadableModuleLogic):
 
         ``model``: a package name, folder or ModelPackage (None: the default). Returns (result, outputs)."""
         start = time.time()
-        self.ensureDependencies(model=str(model.path) if hasattr(model, "path") else model)
+        self.ensureDependencies(model=self.modelPath(model))
         job = self.start(inputNode, model, method, target, device)
         if timeout is not None:
             job.time_limit = float(timeout)
         while not job.poll():
-            time.sleep(0.05)
+            time.sleep(0.02)
         if job.error is not None:
             raise RuntimeError(" ".join(str(job.error).split()))
-        outputs = self.pushResults(inputNode, job.result, parameterNode, regionsNode)
+        outputs = self.show(job, parameterNode, regionsNode)
         logging.info(f"ADDiagnosis: {job.result.predicted} in {time.time() - start:.1f} s. {RESEARCH_USE}")
         return job.result, outputs
 
     def setOpacity(self, relevanceNode, opacity):
-        from addiagnosis.mrml.scene import set_overlay_opacity
-
-        set_overlay_opacity(slicer.mrmlScene, relevanceNode, opacity)
+        _scene.set_overlay_opacity(slicer.mrmlScene, relevanceNode, opacity)
 
     def setTopPercent(self, relevanceNode, topPercent):
-        from addiagnosis.mrml.scene import set_top_percent
-
-        set_top_percent(relevanceNode, topPercent)
+        _scene.set_top_percent(relevanceNode, topPercent)
 
 
 #
@@ -593,9 +731,7 @@ class ADDiagnosisTest(ScriptedLoadableModuleTest):
         self.setUp()
         self.test_ADDiagnosisDefaultModel()
 
-    def _tinyPackage(self):
-        import tempfile
-
+    def _tinyPackage(self, folder):
         import torch
 
         from addiagnosis.models.network import ClassificationModel3D
@@ -607,7 +743,7 @@ class ADDiagnosisTest(ScriptedLoadableModuleTest):
                 "input_grid": {"shape": [80, 88, 80], "spacing": [2, 2, 2], "orientation": "RAS"},
                 "preprocessing": {"kind": "physical"}, "intended_use": "self-test only",
                 "training_data": "none (random weights)"}
-        return write_package(os.path.join(tempfile.mkdtemp(), "selftest"), model.state_dict(), card)
+        return write_package(os.path.join(folder, "selftest"), model.state_dict(), card)
 
     def _scan(self):
         import numpy as np
@@ -620,16 +756,24 @@ class ADDiagnosisTest(ScriptedLoadableModuleTest):
         return slicer.util.addVolumeFromArray(arr, ijkToRAS=ijkToRas, name="selftest scan")
 
     def test_ADDiagnosis1(self):
-        import numpy as np
-
-        from addiagnosis.mrml.scene import array_from_node, node_ijk_to_ras, table_probabilities
+        import tempfile
 
         self.delayDisplay("Starting the ADDiagnosis test")
         logic = ADDiagnosisLogic()
         logic.ensureDependencies(askConfirmation=False)
-        package = self._tinyPackage()
-        inputNode = self._scan()
+        folder = tempfile.mkdtemp(prefix="addiagnosis-selftest-")
+        try:  # nothing left behind: the package folder goes when the test ends, passed or not
+            self._checkTinyPackage(logic, self._tinyPackage(folder))
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        self.delayDisplay("ADDiagnosis test passed. " + RESEARCH_USE)
 
+    def _checkTinyPackage(self, logic, package):
+        import numpy as np
+
+        from addiagnosis.mrml.scene import array_from_node, node_ijk_to_ras, table_probabilities
+
+        inputNode = self._scan()
         result, outputs = logic.process(inputNode, package)
         rel = outputs.relevance
         self.assertEqual(rel.GetName(), "selftest scan relevance")
@@ -644,9 +788,9 @@ class ADDiagnosisTest(ScriptedLoadableModuleTest):
         self.assertTrue(outputs.vr_display.GetVisibility())
 
         count = slicer.mrmlScene.GetNumberOfNodes()
-        logic.process(inputNode, package, method="lrp-epsilon", target="AD")
+        second, _ = logic.process(inputNode, package, method="lrp-epsilon", target="AD")
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), count)
-        self.delayDisplay("ADDiagnosis test passed. " + RESEARCH_USE)
+        self.assertEqual(second.worker["pid"], result.worker["pid"])  # the same warm worker
 
     def test_ADDiagnosisDefaultModel(self):
         """What a user gets on the first click: the bundled model, its recommended method, the example scan."""

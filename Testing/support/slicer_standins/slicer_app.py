@@ -103,7 +103,7 @@ class ModuleManager(qt.QObject):
 
 
 class App(qt.QObject):
-    SIGNALS = ("startupCompleted",)
+    SIGNALS = ("startupCompleted", "aboutToQuit")
 
     def __init__(self, runtime):
         super().__init__()
