@@ -16,6 +16,7 @@ import torch
 
 from addiagnosis import RESEARCH_USE, __version__
 from addiagnosis.errors import AddiagnosisError, ModelError
+from addiagnosis.explain import clusters as map_reading
 from addiagnosis.explain.lrp import REFERENCE_METHODS, FastLRP
 from addiagnosis.io.checks import check_volume
 from addiagnosis.io.volume import Volume
@@ -54,6 +55,8 @@ class DiagnosisResult:
     qc: dict | None = None  # {verdict, reasons: [{check, verdict, detail}], ood: {score, percentile, threshold}}
     prediction_set: list[str] | None = None  # split-conformal set of stages (the card's ``conformal`` block)
     prediction_set_coverage: float | None = None  # e.g. 0.9
+    # clusters, regions per atlas region, the atlas and the cluster threshold (explain.clusters.read_map)
+    reading: dict | None = None
 
     def report(self, input_volume: Volume | None = None, extra: dict | None = None) -> dict:
         rep = {
@@ -74,6 +77,7 @@ class DiagnosisResult:
             "device": self.device,
             "warnings": list(self.warnings),
             "qc": self.qc,
+            **(self.reading or {}),  # clusters, cluster_threshold, regions, atlas (issue 20)
             "software": software_versions(),
         }
         if input_volume is not None:
@@ -235,6 +239,9 @@ class Diagnoser:
         relevance = Volume(rel_in, volume.ijk_to_ras.copy(), f"{volume.name} relevance")
         timings["map_back"] = time.perf_counter() - t
         summary = relevance_summary(rel_in, g.relevance, g.prepared.input_mask, volume, g.prepared.mask_name)
+        t = time.perf_counter()
+        reading = map_reading.read_map(relevance, g.prepared.info)
+        timings["clusters_regions"] = time.perf_counter() - t
         note("done", 1.0)
         probabilities = {n: float(p) for n, p in zip(names, g.probabilities)}
         conformal = self.package.card.conformal  # probabilities are calibrated: the temperature is in the weights
@@ -248,7 +255,7 @@ class Diagnoser:
             model_intended_use=self.package.card.intended_use,
             model_path=str(self.package.path.resolve()), weights_sha256=self.package.weights_sha256, qc=g.qc,
             prediction_set=None if conformal is None else conformal.classes(probabilities),
-            prediction_set_coverage=None if conformal is None else conformal.coverage,
+            prediction_set_coverage=None if conformal is None else conformal.coverage, reading=reading,
         )
 
 
