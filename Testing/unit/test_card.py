@@ -65,14 +65,16 @@ def test_import_is_torch_free():
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_names_agree_with_their_implementations():
+def test_every_method_name_has_one_implementation():
     from addiagnosis import engine
-    from addiagnosis.explain import lrp
+    from addiagnosis.explain import rules
     from addiagnosis.research import synth, train
 
-    assert tuple(lrp.METHODS) == METHODS  # lrp keeps the implementation table, card.py the names
-    assert lrp.DEFAULT_METHOD == cards.DEFAULT_METHOD and lrp.DEFAULT_METHOD in METHODS
-    assert set(lrp.REFERENCE_METHODS) <= set(METHODS)
+    # card.py names the methods (torch-free); explain.rules registers one composite per name, and no other
+    assert set(rules.COMPOSITES) == set(METHODS) and len(METHODS) == len(set(METHODS))
+    assert all(conv in rules.RULES and dense in rules.RULES for conv, dense in rules.COMPOSITES.values())
+    assert cards.DEFAULT_METHOD in METHODS
+    assert sorted(rules.REFERENCE_METHODS) == ["lrp-reference", "lrp-reference-alpha1beta0"]
     assert tuple(engine.METHOD_CHOICES) == METHOD_CHOICES == ("auto", *METHODS)
     assert engine.SYNTHETIC_NOTICE == cards.SYNTHETIC_NOTICE
     assert tuple(synth.CLASSES) == tuple(train.CLASSES) == cards.CLASSES == ("CN", "EMCI", "MCI", "LMCI", "AD")

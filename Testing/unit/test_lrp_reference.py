@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from addiagnosis.errors import AddiagnosisError
 from addiagnosis.explain.lrp import FastLRP
+from addiagnosis.resources import BUNDLED_MODELS_DIR
 
 from conftest import GRID, random_model
 
@@ -133,8 +134,7 @@ def test_engine_method_choice(tiny_package):
         d.resolve_method("lrp-magic")
 
 
-@pytest.mark.skipif(not __import__("addiagnosis.models.package", fromlist=["BUNDLED_DIR"]).BUNDLED_DIR.exists(),
-                    reason="bundled demo model not present")
+@pytest.mark.skipif(not BUNDLED_MODELS_DIR.exists(), reason="bundled demo model not present")
 @pytest.mark.parametrize("atrophy", ["default", "erode"])
 def test_bundled_default_method_finds_the_atrophy_and_is_stable(atrophy):
     """One fresh AD subject of each atrophy model (a seed never used for the bundled cohorts): the recommended

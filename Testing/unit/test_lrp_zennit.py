@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from addiagnosis.explain.lrp import METHODS, FastLRP
+from addiagnosis.explain.lrp import FastLRP
+from addiagnosis.models.card import METHODS
 
 from conftest import random_model
 from zennit_ref import zennit_relevance
@@ -116,14 +117,14 @@ def test_bad_method_and_target():
 
 @pytest.mark.parametrize("k", [2, 3])
 def test_two_stage_pool_equals_max_pool3d_with_ties(k):
-    from addiagnosis.explain.lrp import _max_pool_planes
+    from addiagnosis.explain.kernels import max_pool_planes
 
     g = torch.Generator().manual_seed(k)
     z = torch.randint(0, 4, (1, 3, 13, 17, 16), generator=g).float()  # many ties
     z[:, :, :4] = 0.0  # all-zero windows (ReLU output)
     want_v, want_i = torch.nn.functional.max_pool3d(z, k, return_indices=True)
     planes = z[0].permute(1, 0, 2, 3).contiguous(memory_format=torch.channels_last)
-    got_v, got_i = _max_pool_planes(planes, k)
+    got_v, got_i = max_pool_planes(planes, k)
     assert torch.equal(got_v, want_v)
     assert torch.equal(got_i, want_i)
 

@@ -17,7 +17,8 @@ import torch
 from addiagnosis import RESEARCH_USE, __version__
 from addiagnosis.errors import AddiagnosisError, ModelError
 from addiagnosis.explain import clusters as map_reading
-from addiagnosis.explain.lrp import REFERENCE_METHODS, FastLRP
+from addiagnosis.explain.lrp import FastLRP
+from addiagnosis.explain.rules import REFERENCE_METHODS
 from addiagnosis.io.checks import check_volume
 from addiagnosis.io.volume import Volume
 from addiagnosis.metrics import share_inside

@@ -44,7 +44,7 @@ SYNTHETIC_NOTICE = "Model trained on synthetic data: it demonstrates the method 
 CLASSES = ("CN", "EMCI", "MCI", "LMCI", "AD")  # the stages, in order of severity
 
 AUTO_METHOD = "auto"  # the model card's recommended method (``explanation.method``), else DEFAULT_METHOD
-# Explanation methods by name; lrp.METHODS holds their implementation (a test checks the two agree).
+# Explanation methods by name, defined here only; explain.rules registers one implementation per name (tested).
 METHODS = ("lrp-reference-alpha1beta0", "lrp-reference", "lrp-alpha1beta0", "lrp-epsilon", "lrp-composite",
            "gradient-x-input", "guided-backprop")
 DEFAULT_METHOD = "lrp-alpha1beta0"
