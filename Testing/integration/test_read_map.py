@@ -72,3 +72,62 @@ def test_regions_per_scan_and_the_known_answer(diagnosed):
     assert {r["region"] for r in by_density[:2]} == {"Left Hippocampus", "Right Hippocampus"}
     for r in regions:
         assert r["density"] == pytest.approx(r["sum"] / r["volume_ml"])
+
+
+# ------------------------------------------------------------------------- batch: the atlas is the default --labels
+def test_atlas_regions_on_the_model_grid():
+    from addiagnosis.cohort.regions import load_regions, model_grid_affine
+    from addiagnosis.models.package import find_package
+
+    card = find_package().card
+    regions = load_regions(card, None, None, False)
+    atlas = atlases.load_atlas()
+    assert regions.names == [atlas.names[k] for k in sorted(atlas.names)] and len(regions.names) == 136
+    g_aff = model_grid_affine(card)
+    k = regions.names.index("Left Hippocampus") + 1
+    ijk = np.rint(np.linalg.solve(g_aff, [-26.0, -20.0, -14.0, 1.0])[:3]).astype(int)
+    assert regions.grid[tuple(ijk)] == k
+    assert regions.sha256 and len(regions.sha256) == 64
+    assert load_regions(card, "none", None, False) is None
+
+
+@pytest.fixture(scope="module")
+def ad_cn_batch(tmp_path_factory):
+    """2 AD + 2 CN synthetic subjects through batch with the bundled model and no --labels."""
+    from addiagnosis.research.synth import _generate_one, subject_params
+
+    root = tmp_path_factory.mktemp("adcn-atlas")
+    for sub in ("scans", "masks", "meta"):
+        (root / "data" / sub).mkdir(parents=True)
+    lines = ["participant_id\tgroup\tscan"]
+    for i, label in enumerate(["AD", "CN"] * 2):
+        p = subject_params(7, i, label)
+        p["participant_id"] = f"sub-{i:02d}"
+        _generate_one((str(root / "data"), p))
+        lines.append(f"sub-{i:02d}\t{label}\tscans/sub-{i:02d}.nii.gz")
+    (root / "data" / "participants.tsv").write_text("\n".join(lines) + "\n")
+    out = root / "res"
+    assert main(["batch", str(root / "data"), "--out", str(out), "--target", "AD", "--workers", "0", "-q"]) == 0
+    return out
+
+
+def read_tsv(path):
+    lines = path.read_text().splitlines()
+    head = lines[0].split("\t")
+    return [dict(zip(head, line.split("\t"))) for line in lines[1:]]
+
+
+def test_batch_has_atlas_columns_and_compare_works_without_labels(ad_cn_batch, tmp_path):
+    rows = read_tsv(ad_cn_batch / "results.tsv")
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"ok"}
+    for r in rows:
+        sums = [float(v) for k, v in r.items() if k.startswith("sum_")]
+        assert len(sums) == 137  # 136 regions and the unlabelled rest
+        assert sum(sums) == pytest.approx(float(r["relevance_sum"]), rel=1e-5,
+                                          abs=1e-6 * float(r["relevance_positive_sum"]))
+        assert float(r["density_Left_Hippocampus"]) > 0
+    assert main(["compare", str(ad_cn_batch), "--by", "group", "--bootstrap", "200", "--out",
+                 str(tmp_path / "cmp")]) == 0
+    gain = {r["region"]: r for r in read_tsv(tmp_path / "cmp" / "gain.tsv")}
+    for side in ("Left_Hippocampus", "Right_Hippocampus"):  # AD relevance is medial temporal: 7-8x in CN's
+        assert float(gain[side]["gain"]) > 2.0, gain[side]

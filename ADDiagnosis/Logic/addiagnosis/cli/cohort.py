@@ -24,7 +24,8 @@ def add_batch_arguments(p) -> None:
     p.add_argument("--save", default="", help="per-scan files to write: any of relevance,report,overview "
                                               "(default: none; the results table holds the summaries)")
     p.add_argument("--labels", help="label map in the model's template space (NIfTI; names in a TSV beside it "
-                                    "or --label-names): adds per-region relevance sums and densities")
+                                    "or --label-names): per-region relevance sums and densities; default: the "
+                                    "anatomical atlas (docs/atlas.md) for template models; 'none': no regions")
     p.add_argument("--label-names", help="TSV/CSV with index and name columns for the label map(s)")
     p.add_argument("--path-column", help="the table's column holding scan paths (default: path/scan/file/...)")
     p.add_argument("--group-column", help="column giving each subject's group (default: group/diagnosis/dx/...)")

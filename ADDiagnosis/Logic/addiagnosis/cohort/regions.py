@@ -1,5 +1,9 @@
 """Regions: a label map (one in template space for every scan, or one per scan on its own grid) and its names;
 per-region relevance sums and densities for the results table; a small synthetic MNI label map for demonstrations.
+
+Without ``--labels``, a template model's batch uses the anatomical atlas (:mod:`addiagnosis.prep.atlas`, when its
+package is installed), so every results table has per-region columns and ``compare`` needs no user atlas;
+``--labels none`` turns regions off.
 """
 
 from __future__ import annotations
@@ -119,13 +123,37 @@ def _per_scan_regions(card: dict, names_path: Path | None, voxel_ml: float) -> R
     return Regions(read_label_names(names_path), None, voxel_ml)
 
 
-def load_regions(card: dict, labels: str | None, names: str | None, per_scan: bool) -> Regions | None:
-    """The label map (template space) on the model grid, or only names when label maps come per scan."""
-    if not labels and not per_scan:
+NO_LABELS = "none"  # --labels none: no regions, not even the atlas
+
+
+def atlas_regions(card: dict, voxel_ml: float) -> Regions | None:
+    """The anatomical atlas on a template model's grid (labels renumbered 1..K in label order); None for a model
+    whose grid is not in MNI space or without the atlas's package."""
+    from addiagnosis.prep import atlas as atlases
+
+    g_aff = model_grid_affine(card)
+    if g_aff is None or not atlases.available():
         return None
+    atlas = atlases.load_atlas()
+    shape = tuple(int(s) for s in card["input_grid"]["shape"])
+    order = sorted(atlas.names)
+    lut = np.zeros(int(atlas.labels.max()) + 1, np.int32)
+    lut[order] = np.arange(1, len(order) + 1)
+    grid = lut[atlases.labels_on_grid(atlas, g_aff, shape)]
+    image = atlases.package_folder() / atlas.source.image
+    return Regions([atlas.names[k] for k in order], grid, voxel_ml, sha256_file(image))
+
+
+def load_regions(card: dict, labels: str | None, names: str | None, per_scan: bool) -> Regions | None:
+    """The label map (template space) on the model grid, or only names when label maps come per scan; without
+    either, the anatomical atlas for a template model (``labels`` ``"none"``: no regions)."""
     shape = tuple(int(s) for s in card["input_grid"]["shape"])
     spacing = card["input_grid"].get("spacing") or [1.0, 1.0, 1.0]
     voxel_ml = float(np.prod([float(s) for s in spacing])) / 1000.0
+    if labels and labels.lower() == NO_LABELS:
+        return None
+    if not labels and not per_scan:
+        return atlas_regions(card, voxel_ml)
     names_path = Path(names) if names else None
     if not labels:
         return _per_scan_regions(card, names_path, voxel_ml)
