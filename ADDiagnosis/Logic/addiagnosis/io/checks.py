@@ -6,7 +6,7 @@ Torch-free. Every refusal is one :class:`InputError` line naming the image and t
   dimensions, declared size (limit: :func:`max_voxels`), datatype, intent, pixdim, qform/sform.
 - :func:`check_volume` runs on every :class:`~addiagnosis.io.volume.Volume` at the entry of a diagnosis
   (``Diagnoser.run``): shape, datatype, the IJK->RAS matrix and the values (finite, not constant, not a
-  label map judged from the values whatever the datatype).
+  label map judged from the values and their structure whatever the datatype).
 
 Limits (module constants; the size limit is also configurable):
 
@@ -33,11 +33,13 @@ MIN_SPACING_MM = 0.01
 MAX_SPACING_MM = 50.0
 QFORM_SFORM_TOLERANCE_MM = 1.0
 MAX_EXTENSION_BYTES = 64 << 20  # NIfTI extensions between the header and the data (skipped, never held)
-# Label maps: integer values only, at most this many distinct ones, and either very few (<= MAX_LABELS) or
-# sparse over their range (a label map's ids have gaps; an 8-bit scan fills most of 0..255).
-MAX_LABELS = 64
+# Label maps: integer values only, at most this many distinct ones, AND flat: at least this share of the
+# neighbouring voxel pairs (along i, j and k; pairs where both are background left out) hold the same value. A
+# label map is a few large regions of one value each (0.6-0.95); a scan, even stored as 8 bits or as an 8-bit
+# scan times scl_slope (a few hundred levels far apart), has noise and smooth gradients (0.05-0.1; 0.44 for a
+# noise-free phantom).
 MAX_LABEL_VALUES = 256
-LABEL_RANGE_FILL = 0.25
+FLAT_FRACTION = 0.5
 NIFTI_INTENT_LABEL = 1002
 _SLAB_VOXELS = 1 << 22  # value checks run slab by slab: their temporaries stay small whatever the image size
 
@@ -206,12 +208,14 @@ def check_values(data: np.ndarray, path=None) -> None:
         raise InputError(f"all voxels have the same value ({lo:g}); nothing to analyse", path)
     n = _label_count(flat, slabs, lo, hi)
     if n is not None:
-        raise InputError(
-            f"looks like a label map or mask ({n} distinct integer values), not an MRI scan", path)
+        share = flat_share(data, lo)
+        if share >= FLAT_FRACTION:
+            raise InputError(f"looks like a label map or mask ({n} distinct integer values in flat regions: "
+                             f"{share:.0%} of neighbouring voxels are equal), not an MRI scan", path)
 
 
 def _label_count(flat: np.ndarray, slabs, lo: float, hi: float) -> int | None:
-    """The number of distinct values when they make a label map, else None (early exits for real scans)."""
+    """The number of distinct values when they are few integers (a label map's are), else None (early exits)."""
     if flat.dtype.kind == "f":
         sample = flat[:: max(1, flat.size // 65536)]
         if not np.array_equal(sample, np.floor(sample)):
@@ -232,9 +236,25 @@ def _label_count(flat: np.ndarray, slabs, lo: float, hi: float) -> int | None:
             n = len(seen)
         if n > MAX_LABEL_VALUES:
             return None
-    if n <= MAX_LABELS or n < LABEL_RANGE_FILL * (hi - lo + 1):
-        return n
-    return None
+    return n
+
+
+def flat_share(data: np.ndarray, background: float) -> float:
+    """Share of neighbouring voxel pairs (i, j, k neighbours; both-background pairs left out) with equal values.
+
+    Computed slab by slab along k (temporaries of a few million voxels whatever the image size)."""
+    step = max(1, _SLAB_VOXELS // max(1, data.shape[0] * data.shape[1]))
+    equal = total = 0
+    for k0 in range(0, data.shape[2], step):
+        slab = data[:, :, k0 : k0 + step + 1]  # one slice of overlap: the k pairs across slabs
+        pairs = [(slab[1:], slab[:-1]), (slab[:, 1:], slab[:, :-1]), (slab[:, :, 1:], slab[:, :, :-1])]
+        if k0 + step < data.shape[2]:
+            pairs[0], pairs[1] = (slab[1:, :, :-1], slab[:-1, :, :-1]), (slab[:, 1:, :-1], slab[:, :-1, :-1])
+        for a, b in pairs:
+            fg = (a != background) | (b != background)
+            total += int(np.count_nonzero(fg))
+            equal += int(np.count_nonzero(fg & (a == b)))
+    return equal / total if total else 1.0
 
 
 def check_volume(volume) -> None:

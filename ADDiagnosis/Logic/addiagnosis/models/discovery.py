@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from addiagnosis.errors import ModelError
+from addiagnosis.models.architecture import feature_shape
 from addiagnosis.models.card import BUNDLED_DIR, CARD, ORIGINS, ModelCard, read_card  # noqa: F401
 
 log = logging.getLogger("addiagnosis")
@@ -110,9 +111,14 @@ def _candidates(root: Path) -> list[Path]:
 
 
 def read_package(folder: str | os.PathLike, origin: str = "path") -> PackageInfo:
-    """One package folder, validated: a readable card whose weights file exists inside the folder."""
+    """One package folder, validated: a readable card, an input grid the network can take, and a weights file
+    that exists inside the folder."""
     folder = Path(folder)
     card = read_card(folder)
+    try:  # a grid the network cannot take would fail only when the weights load, as a traceback
+        feature_shape(card.input_grid.shape)
+    except ValueError as exc:
+        raise ModelError(f"model card: {exc}", folder / CARD) from None
     wpath = folder / card.weights.file
     try:
         ok = wpath.is_file()

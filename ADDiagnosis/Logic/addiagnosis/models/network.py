@@ -11,24 +11,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-CHANNELS = (8, 16, 32, 64)
-POOLS = (2, 3, 2, 3)
-KERNEL = 3
-
-
-def feature_shape(input_shape: Sequence[int]) -> tuple[int, int, int]:
-    """Spatial shape after the four conv (valid, k=3) + max-pool blocks."""
-    dims = [int(s) for s in input_shape]
-    for pool in POOLS:
-        dims = [(d - (KERNEL - 1)) // pool for d in dims]
-    if min(dims) < 1:
-        raise ValueError(f"input grid {tuple(input_shape)} is too small for the network")
-    return tuple(dims)
-
-
-def flat_size(input_shape: Sequence[int]) -> int:
-    d, h, w = feature_shape(input_shape)
-    return CHANNELS[-1] * d * h * w
+from addiagnosis.models.architecture import CHANNELS, KERNEL, POOLS, flat_size
 
 
 class ClassificationModel3D(nn.Module):
