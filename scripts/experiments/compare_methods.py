@@ -35,12 +35,12 @@ def register_alpha(alpha: float) -> str:
     import functools
 
     from addiagnosis import engine
-    from addiagnosis.explain import lrp
+    from addiagnosis.explain import rules
 
     name = f"lrp-reference-alpha{alpha:g}"
-    lrp.RULES[name] = lrp.Rule(functools.partial(lrp.FastLRP._dense_reference, alpha=alpha),
-                               functools.partial(lrp.FastLRP._conv_reference, alpha=alpha), needs_reference=True)
-    lrp.METHODS[name] = (name, name)
+    rules.register_rule(name, rules.Rule(functools.partial(rules.dense_reference, alpha=alpha),
+                                         functools.partial(rules.conv_reference, alpha=alpha), needs_reference=True))
+    rules.register_composite(name, name, name)
     engine.METHODS = (*engine.METHODS, name)
     return name
 
@@ -54,6 +54,7 @@ def main(argv=None) -> int:
     ap.add_argument("--extra", type=float, nargs="*", default=[],
                     help="stabiliser values for extra lrp-reference variants")
     ap.add_argument("--alpha", type=float, nargs="*", default=[], help="alphas of extra lrp-reference variants")
+    ap.add_argument("--methods", nargs="*", default=None, help="only these methods (default: all)")
     ap.add_argument("--faithfulness", action="store_true", help="deletion/insertion AOPC against random regions")
     ap.add_argument("--out", default="compare-methods.json")
     args = ap.parse_args(argv)
@@ -69,7 +70,7 @@ def main(argv=None) -> int:
     from addiagnosis.research.evaluate import _within_mm, random_model_like, read_mask
 
     d = Diagnoser(args.package)
-    methods = METHODS + [register_alpha(a) for a in args.alpha]
+    methods = (args.methods or METHODS) + [register_alpha(a) for a in args.alpha]
     for m in methods:
         d.resolve_method(m)
     variants = {}
