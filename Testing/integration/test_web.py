@@ -106,7 +106,8 @@ def cli_reference(tmp_path_factory):
 @pytest.fixture(scope="module")
 def browser():
     with sync_api.sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"])
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"],
+                               ignore_default_args=["--hide-scrollbars"])  # scrollbars drawn, as users see them
         yield b
         b.close()
 
@@ -327,8 +328,10 @@ def test_web_app_in_browser(server, cli_reference, browser, tmp_path):
             time.sleep(0.2)
         assert hot_pixels(a.locator("#view-threed img").first.screenshot()) > 20  # volume rendering
 
-        # opacity slider: the overlay fades out at 0 and comes back
         a.wait_for_selector("#downloads")
+        check_layout(a, "1440x900")
+
+        # opacity slider: the overlay fades out at 0 and comes back
         before = hot_pixels(a.locator("#view-axial img").first.screenshot())
         a.evaluate("() => window.trame.state.set('opacity', 0)")
         deadline = time.monotonic() + 20
@@ -373,7 +376,6 @@ def test_web_app_in_browser(server, cli_reference, browser, tmp_path):
         assert rep["input"]["source"] == "synthetic-AD-subject"
         png = a.request.get(url + "download/overview.png").body()
         assert png[:8] == b"\x89PNG\r\n\x1a\n"
-        check_layout(a, "1440x900")
         check_rediagnose(a, centred)
 
         # ---- session B: bad uploads show one line, the server keeps serving ----------------------------------

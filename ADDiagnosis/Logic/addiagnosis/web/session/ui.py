@@ -65,9 +65,9 @@ def _scan_controls(session) -> None:
               disabled=(f"{S.busy}",), id="model-select")
     with html.Div(classes="d-flex ga-2"):
         v.VSelect(label="Method", v_model=(f"{S.method}",), items=(f"{S.methods}",), density="compact",
-                  hide_details=True, disabled=(f"{S.busy}",), id="method-select", style="flex: 3")
+                  hide_details=True, disabled=(f"{S.busy}",), id="method-select", style="flex: 5")
         v.VSelect(label="Explain", v_model=(f"{S.target}",), items=(f"{S.targets}",), density="compact",
-                  hide_details=True, disabled=(f"{S.busy}",), id="target-select", style="flex: 2")
+                  hide_details=True, disabled=(f"{S.busy}",), id="target-select", style="flex: 4")
     v.VProgressLinear(v_if=f"{S.uploading}", indeterminate=True, color="primary", id="uploading")
     v.VBtn("Diagnose", id="diagnose", block=True, color="deep-orange", size="large",
            disabled=(f"{S.busy} || {S.uploading} || !{S.has_scan}",), loading=(f"{S.busy}",), click=session.diagnose)
