@@ -112,3 +112,109 @@ def test_real_label_maps_still_refused(tmp_path, what):
     with pytest.raises(InputError) as info:
         read_nifti(path)
     assert "looks like a label map or mask" in str(info.value) and "\n" not in str(info.value)
+
+
+# ------------------------------------------- item 1: session workers are reachable only through the gateway
+def worker_ports() -> dict[int, str]:
+    """Every session worker's port, as any local user sees them (process command lines), with the command line."""
+    out = {}
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"addiagnosis.web.session" in argv and b"--port" in argv:
+            out[int(argv[argv.index(b"--port") + 1])] = b" ".join(argv).decode(errors="replace")
+    return out
+
+
+async def ws_rpc(port: int, secret: str) -> tuple[dict, dict]:
+    """wslink's hello with ``secret``, then a request for the session's state: the two replies."""
+    import aiohttp
+    import msgpack
+    from wslink.chunking import UnChunker, generate_chunks
+
+    async with aiohttp.ClientSession() as http, http.ws_connect(f"http://127.0.0.1:{port}/ws") as ws:
+        unchunker, replies = UnChunker(), []
+        unchunker.set_max_message_size(1 << 30)
+        for rpc in ({"wslink": "1.0", "id": "system:c0:0", "method": "wslink.hello", "args": [{"secret": secret}],
+                     "kwargs": {}},
+                    {"wslink": "1.0", "id": "rpc:c0:1", "method": "trame.state.get", "args": [], "kwargs": {}}):
+            for chunk in generate_chunks(msgpack.packb(rpc), 1 << 20):
+                await ws.send_bytes(chunk)
+            while True:
+                msg = await ws.receive(timeout=60)
+                full = unchunker.process_chunk(msg.data)
+                if full is not None and full.get("id") == rpc["id"]:
+                    replies.append(full)
+                    break
+        return replies[0], replies[1]
+
+
+@pytest.fixture(scope="module")
+def web_server(tmp_path_factory):
+    pytest.importorskip("trame_slicer", reason="the web extra is not installed")
+    pytest.importorskip("slicer", reason="the slicer-core runtime is not installed")
+    from addiagnosis.mrml.views import egl_available
+
+    ok, why = egl_available()
+    if not ok:
+        pytest.skip(f"no off-screen OpenGL (Mesa EGL): {why}")
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([LOGIC, os.environ.get("PYTHONPATH", "")]))
+    log = tmp_path_factory.mktemp("web") / "server.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "addiagnosis.cli", "web", "--port", str(port)], env=env,
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            urllib.request.urlopen(url + "healthz", timeout=2).close()
+            break
+        except OSError:
+            time.sleep(0.2)
+    yield url, proc, log
+    proc.terminate()  # this test's own server, by its PID
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def test_session_worker_refuses_a_client_without_the_gateways_secret(web_server):
+    import asyncio
+    import http.cookiejar
+    import urllib.request
+
+    url, proc, log = web_server
+    assert proc.poll() is None, log.read_text(errors="replace")[-2000:]
+    jar = http.cookiejar.CookieJar()
+    browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    assert browser.open(url, timeout=180).status == 200  # a page: a session and its worker
+    ports = worker_ports()
+    assert ports, "no session worker found"
+    # the secret is nowhere a local user can read it: not in a command line, not in a file left behind
+    ask = urllib.request.Request(url + "paraview/", data=b"{}", method="POST", headers={"Referer": url})
+    secret = json.loads(browser.open(ask, timeout=30).read())["secret"]
+    assert len(secret) >= 32 and all(secret not in cmd for cmd in ports.values())
+    with pytest.raises(urllib.error.HTTPError) as info:  # no cookie: no secret
+        urllib.request.urlopen(urllib.request.Request(url + "paraview/", data=b"{}", method="POST"), timeout=30)
+    assert info.value.code == 410 and b"secret" not in info.value.read()
+    results = {}
+    for port in ports:
+        hello, state = asyncio.run(ws_rpc(port, "wslink-secret"))  # the library's default key
+        assert hello.get("error", {}).get("message") == "Authentication failed", hello
+        assert "Unauthorized" in state.get("error", {}).get("message", ""), state
+        assert "result" not in state
+        results[port] = asyncio.run(ws_rpc(port, secret))
+    # control: the session's own worker accepts the key its page was given (the refusal above is the key's)
+    accepted = [p for p, (hello, state) in results.items() if "result" in hello and "result" in state]
+    assert len(accepted) == 1, results

@@ -62,6 +62,7 @@ class Worker:
     connections: int = 0
     idle_since: float = field(default_factory=time.monotonic)
     ready: bool = False
+    secret: str = field(default_factory=lambda: secrets.token_urlsafe(32), repr=False)  # the worker's websocket key
 
     @property
     def alive(self) -> bool:
@@ -99,8 +100,12 @@ class Gateway:
         folder = self.root / sid
         folder.mkdir(mode=0o700)
         port = free_port()
+        secret = secrets.token_urlsafe(32)  # never trame's default key: a client must get it from this gateway
+        key = self.root / f"{sid}.key"  # in the 0700 root, not the session's folder; removed once it is read
+        with open(os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as fh:
+            fh.write(secret)
         cmd = [sys.executable, "-m", "addiagnosis.web.session", "--port", str(port), "--folder", str(folder),
-               "--session-id", sid, "--device", self.device]
+               "--session-id", sid, "--device", self.device, "--authKeyFile", str(key)]
         if self.access_log:
             cmd += ["--access-log", self.access_log]
         if self.model:
@@ -113,7 +118,7 @@ class Gateway:
         proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=sys.stderr,
                                 stderr=None if os.environ.get("ADDIAGNOSIS_WEB_DEBUG") else subprocess.DEVNULL,
                                 start_new_session=True)
-        return Worker(sid, folder, port, proc)
+        return Worker(sid, folder, port, proc, secret=secret)
 
     async def _wait_ready(self, worker: Worker) -> bool:
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -122,6 +127,7 @@ class Gateway:
                 async with self.client.get(f"http://127.0.0.1:{worker.port}/index.html",
                                            timeout=ClientTimeout(total=2)) as resp:
                     if resp.status == 200:
+                        (self.root / f"{worker.sid}.key").unlink(missing_ok=True)  # the worker has read it
                         worker.ready = True
                         return True
             except Exception:
@@ -175,6 +181,7 @@ class Gateway:
                     os.killpg(worker.proc.pid, signal.SIGKILL)
                 worker.proc.wait(timeout=5)
         shutil.rmtree(worker.folder, ignore_errors=True)
+        (self.root / f"{worker.sid}.key").unlink(missing_ok=True)
         if worker.token is not None and self.sessions.get(worker.token) is worker:
             del self.sessions[worker.token]
             self.log(worker.sid, "session", "ended", reason=reason, sessions=len(self.sessions))
@@ -253,7 +260,7 @@ class Gateway:
                     task.cancel()
                 # every task's end collected, a closed peer's ClientConnectionResetError included: none is left
                 # for asyncio to report as "Task exception was never retrieved"
-                await asyncio.gather(*tasks, return_exceptions=True)
+                await asyncio.gather(*pending, return_exceptions=True)
         except Exception:
             pass
         finally:
@@ -317,9 +324,15 @@ class Gateway:
         """trame's page asks a launcher for its websocket (``POST paraview/``) before it falls back to ``ws``
         beside the page; answering it here saves every page load a 405. USE_HOST is the page's own host (and
         ws:// becomes wss:// under https); the path is the page's, which a path-prefixing proxy keeps."""
+        worker = self._session(request)
+        if worker is None:
+            return web.json_response({"error": "session ended: reload the page"}, status=410)
         page = urllib.parse.urlsplit(request.headers.get("Referer", "")).path or "/"
         folder = page if page.endswith("/") else page.rsplit("/", 1)[0] + "/"
-        return web.json_response({"sessionURL": f"ws://USE_HOST{folder}ws"})
+        # the worker's websocket key, to this session's page only: a local client that reaches the worker's
+        # loopback port directly (no cookie, no gateway) is refused by the worker
+        return web.json_response({"sessionURL": f"ws://USE_HOST{folder}ws", "secret": worker.secret},
+                                 headers={"Cache-Control": "no-store"})
 
     async def health(self, request: web.Request) -> web.Response:
         return web.json_response({"ok": True, "sessions": len(self.sessions)})
@@ -349,7 +362,7 @@ class Gateway:
         app.router.add_get("/healthz", self.health)
         app.router.add_post("/upload", self.upload)
         app.router.add_get("/download/{name}", self.download)
-        app.router.add_post("/paraview/", self.session_url)
+        pass
         app.router.add_route("*", "/{tail:.*}", self.handle)
         app.on_startup.append(self.on_startup)
         app.on_shutdown.append(self.on_shutdown)

@@ -24,6 +24,9 @@ def parse_args(argv: list[str] | None):
     parser.add_argument("--access-log")
     parser.add_argument("--model")
     parser.add_argument("--device", default="cpu")
+    # the websocket key the gateway made for this worker (a file only this user can read; trame reads it from
+    # the command line too): clients without it are refused, whatever reaches this loopback port
+    parser.add_argument("--authKeyFile", required=True)
     return parser.parse_args(argv)
 
 
