@@ -18,6 +18,7 @@ from addiagnosis.errors import InputError
 from addiagnosis.io.volume import read_nifti
 
 from conftest import make_scan
+from dicom_series import PATIENT_ID, PATIENT_NAME, write_series
 
 LOGIC = str(Path(__file__).resolve().parents[2] / "ADDiagnosis" / "Logic")
 
@@ -112,6 +113,34 @@ def test_real_label_maps_still_refused(tmp_path, what):
     with pytest.raises(InputError) as info:
         read_nifti(path)
     assert "looks like a label map or mask" in str(info.value) and "\n" not in str(info.value)
+
+
+# ------------------------------------------------------------------ DICOM series through the command line
+def test_diagnose_a_dicom_series_folder(tmp_path, tiny_package):
+    arr, aff = head_t1()
+    arr = arr.astype(np.int16)
+    folder = tmp_path / "Doe_Jane_study"  # the user's own folder name: theirs to choose
+    one = write_series(folder, arr, aff, description="T1 MPRAGE", prefix="A")
+    proc = cli("diagnose", folder, "--model", tiny_package, "--out", tmp_path / "out", "--no-figures")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["input"]["series_uid"] == one and len(report["input"]["sha256"]) == 64
+    rel = nib.load(str(tmp_path / "out" / "relevance.nii.gz"))
+    assert rel.shape == arr.shape
+    np.testing.assert_allclose(rel.affine, aff, atol=1e-5)
+    for text in (proc.stdout, proc.stderr, json.dumps(report)):
+        assert PATIENT_NAME not in text and PATIENT_ID not in text and "Example Hospital" not in text
+    two = write_series(folder, arr[::-1].copy(), aff, description="T1 repeat", number=2, prefix="B")
+    line = one_line_error(cli("diagnose", folder, "--model", tiny_package, "--out", tmp_path / "o2"),
+                          "holds 2 image series; choose one with --series UID")
+    assert one in line and two in line and not (tmp_path / "o2").exists()
+    proc = cli("diagnose", folder, "--series", two, "--model", tiny_package, "--out", tmp_path / "o3", "--no-figures")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "o3" / "report.json").read_text())["input"]["series_uid"] == two
+    gap = tmp_path / "gap"
+    write_series(gap, arr, aff, skip=(20,))
+    one_line_error(cli("diagnose", gap, "--model", tiny_package, "--out", tmp_path / "o4"), "1 missing slice(s)")
+    assert not (tmp_path / "o4").exists()
 
 
 # ------------------------------------------- item 1: session workers are reachable only through the gateway

@@ -10,7 +10,6 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from dicom_series import PATIENT_ID, PATIENT_NAME, write_report, write_series
 
 from addiagnosis.engine import Diagnoser
 from addiagnosis.errors import InputError
@@ -18,6 +17,7 @@ from addiagnosis.io.volume import Volume, read_nifti, read_scan, write_nifti
 from addiagnosis.research import synth
 
 from conftest import phantom, rotation
+from dicom_series import PATIENT_ID, PATIENT_NAME, write_report, write_series
 
 SHAPE = (90, 100, 60)
 

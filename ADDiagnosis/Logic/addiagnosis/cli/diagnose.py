@@ -55,13 +55,14 @@ def cmd_diagnose(args) -> int:
 def diagnose_scan(diagnoser, scan: Path, out, args, progress, t0: float) -> tuple[dict, dict]:
     """Read one scan, diagnose it, write its outputs into ``out`` (a staged folder of an OutputSet)."""
     from addiagnosis.io.report import write_outputs
-    from addiagnosis.io.volume import read_nifti
+    from addiagnosis.io.volume import read_scan
 
     timings = {"load_model": time.perf_counter() - t0}
     t = time.perf_counter()
     progress("reading scan", 0.05)
-    volume = read_nifti(scan)
-    volume.meta["sha256"] = sha256_file(scan)
+    volume = read_scan(scan, getattr(args, "series", None))  # a NIfTI file or a DICOM series folder
+    if "sha256" not in volume.meta:  # a series' own hash is of its files in slice order
+        volume.meta["sha256"] = sha256_file(scan)
     timings["read"] = time.perf_counter() - t
 
     result = diagnoser.run(volume, method=args.method, target=args.target, progress=progress)
@@ -111,7 +112,10 @@ def summary_text(report: dict, files: dict) -> str:
 
 def register_cli(subparsers) -> None:
     d = subparsers.add_parser("diagnose")
-    d.add_argument("scan", nargs="?", help="a .nii or .nii.gz T1 scan (default: the bundled example)")
+    d.add_argument("scan", nargs="?", help="a .nii or .nii.gz T1 scan, or a folder of one DICOM series (default: "
+                                          "the bundled example)")
+    d.add_argument("--series", help="in a DICOM folder holding several series: the SeriesInstanceUID (or the "
+                                    "series description) to read")
     engine_options(d)
     d.add_argument("--target", help="class to explain (default: the predicted class)")
     d.add_argument("--out", default="addiagnosis-output", help="output folder (default ./addiagnosis-output)")
