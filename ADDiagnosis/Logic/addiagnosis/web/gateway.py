@@ -260,7 +260,7 @@ class Gateway:
                     task.cancel()
                 # every task's end collected, a closed peer's ClientConnectionResetError included: none is left
                 # for asyncio to report as "Task exception was never retrieved"
-                await asyncio.gather(*pending, return_exceptions=True)
+                await asyncio.gather(*tasks, return_exceptions=True)
         except Exception:
             pass
         finally:
@@ -362,7 +362,7 @@ class Gateway:
         app.router.add_get("/healthz", self.health)
         app.router.add_post("/upload", self.upload)
         app.router.add_get("/download/{name}", self.download)
-        pass
+        app.router.add_post("/paraview/", self.session_url)
         app.router.add_route("*", "/{tail:.*}", self.handle)
         app.on_startup.append(self.on_startup)
         app.on_shutdown.append(self.on_shutdown)
