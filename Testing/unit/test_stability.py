@@ -83,7 +83,7 @@ def test_evaluate_reports_stability(diagnoser, tmp_path):
 
     synth.generate(2, tmp_path / "c", seed=4, workers=1, progress=None,
                    options={"spacing_range": [2.0, 2.4], "slice_spacing_range": [2.0, 2.4]})
-    res = evaluate(diagnoser.package, tmp_path / "c", None, "lrp-alpha1beta0", randomisation_n=0,
+    res = evaluate(diagnoser.package, tmp_path / "c", None, method="lrp-alpha1beta0", randomisation_n=0,
                    log=lambda m: None, stability_n=1)
     st = res["explanation"]["stability"]
     assert st["n_scans"] == 1 and set(st["per_method"]) == {"lrp-alpha1beta0"}

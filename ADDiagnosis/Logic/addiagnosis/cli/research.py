@@ -82,13 +82,14 @@ def register_train(subparsers) -> None:
 # ------------------------------------------------------------------------------------------ evaluate
 def cmd_evaluate(args) -> int:
     from addiagnosis.models.package import find_package
-    from addiagnosis.research.evaluate import evaluate, summary
+    from addiagnosis.research.evaluate import EvaluateOptions, evaluate, summary
     from addiagnosis.research.packaging import record_summary
 
     pkg = find_package(args.package)
     out = args.out or f"evaluation-{pkg.name}"
-    result = evaluate(pkg, args.data, out, args.method, args.target, args.limit, args.randomisation_n,
-                      args.threads, log=lambda m: print(m, flush=True), stability_n=args.stability)
+    options = EvaluateOptions(method=args.method, target=args.target, limit=args.limit,
+                              randomisation_n=args.randomisation_n, threads=args.threads, stability_n=args.stability)
+    result = evaluate(pkg, args.data, out, options, log=lambda m: print(m, flush=True))
     s = summary(result)
     print(json.dumps(s, indent=1))
     if args.record_in_card:

@@ -22,6 +22,7 @@ import csv
 import html
 import json
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -90,31 +91,43 @@ def randomised_diagnoser(diagnoser, method: str):
     return randomised
 
 
-def evaluate(package, data, out=None, method: str | None = "auto", target: str = "true",
-             limit: int | None = None, randomisation_n: int = 10, threads: int = 2, log=print,
-             stability_n: int = 0, faithfulness_n: int = 0) -> dict:
+@dataclass
+class EvaluateOptions:
+    """What :func:`evaluate` can be told besides the package, the data and where the report goes."""
+
+    method: str | None = "auto"  # "auto": the card's recommended method
+    target: str = "true"  # explain the subject's true class, or "predicted"
+    limit: int | None = None  # only the first N scans
+    randomisation_n: int = 10  # model randomisation check on the first N scans not of the first class
+    threads: int = 2  # torch threads
+    stability_n: int = 0  # twins, noise and input randomisation on the first N scans (stability.py)
+    faithfulness_n: int = 0  # deletion/insertion curves on the first N scans not of the first class (faithfulness.py)
+
+
+def evaluate(package, data, out=None, options: EvaluateOptions | None = None, *, log=print, **overrides) -> dict:
     """Score ``package`` on every scan of ``data``; write the report to ``out`` if given; returns the metrics.
-    ``faithfulness_n``: deletion/insertion curves on the first N scans not of the first class (faithfulness.py)."""
+    ``overrides`` replace fields of ``options``."""
     from addiagnosis.engine import Diagnoser
     from addiagnosis.io.volume import read_nifti
     from addiagnosis.models.package import ModelPackage, find_package
     from addiagnosis.research.faithfulness import Collector
 
-    torch.set_num_threads(max(1, int(threads)))
+    opts = replace(options or EvaluateOptions(), **overrides)
+    torch.set_num_threads(max(1, int(opts.threads)))
     pkg = package if isinstance(package, ModelPackage) else find_package(package)
     classes = pkg.class_names
     diagnoser = Diagnoser(pkg)
-    method = diagnoser.resolve_method(method)  # "auto": the card's recommended method
-    randomised = randomised_diagnoser(diagnoser, method) if randomisation_n > 0 else None
+    method, target = diagnoser.resolve_method(opts.method), opts.target  # "auto": the card's recommended method
+    randomised = randomised_diagnoser(diagnoser, method) if opts.randomisation_n > 0 else None
     items = load_items(data)
-    if limit:
-        items = items[: int(limit)]
+    if opts.limit:
+        items = items[: int(opts.limit)]
     unknown = sorted({it.label for it in items} - set(classes))
     if unknown:
         raise AddiagnosisError(f"the data has classes the model does not know: {', '.join(unknown)}")
     t0 = time.time()
     rows, probs, ys, rand = [], [], [], []
-    faith = Collector(diagnoser, faithfulness_n, classes[0])
+    faith = Collector(diagnoser, opts.faithfulness_n, classes[0])
     example = None
     for k, it in enumerate(items, 1):
         vol = read_nifti(it.path)
@@ -124,7 +137,7 @@ def evaluate(package, data, out=None, method: str | None = "auto", target: str =
         row, mask = scan_row(it, vol, g, rel, classes)
         if mask is not None and example is None and it.label == classes[-1]:
             example = (vol, rel, mask, it.subject, classes[g.predicted])
-        if randomised is not None and len(rand) < randomisation_n and it.label != classes[0]:
+        if randomised is not None and len(rand) < opts.randomisation_n and it.label != classes[0]:
             rand.append(randomisation_check(g, randomised.explain_tensor(g.prepared.tensor, method, g.target)))
         faith.add(g, it.label)
         rows.append(row)
@@ -140,11 +153,11 @@ def evaluate(package, data, out=None, method: str | None = "auto", target: str =
               "explanation": explanation_summary(rows, classes, method, target, rand),
               "registration": {"median_correlation": _median(corr), "min_correlation": min(corr, default=None)},
               "seconds": round(time.time() - t0, 1)}
-    if stability_n > 0:  # twins, noise and input randomisation (addiagnosis.research.stability) on the first N scans
+    if opts.stability_n > 0:  # twins, noise and input randomisation (research.stability) on the first N scans
         from addiagnosis.research.stability import evaluate_stability
 
-        result["explanation"]["stability"] = evaluate_stability(diagnoser, items, [method], target, stability_n,
-                                                                log=log)
+        result["explanation"]["stability"] = evaluate_stability(diagnoser, items, [method], target,
+                                                                opts.stability_n, log=log)
     faith.record(result)
     if out is not None:
         write_report(result, rows, Path(out), classes, example)

@@ -26,6 +26,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -111,6 +112,33 @@ class TrainingState:
 
     state: dict
     best: dict | None = None
+
+
+@dataclass
+class TrainRun:
+    """What every epoch of one run works with (:func:`epoch_loop`, :func:`train_epoch`)."""
+
+    net: torch.nn.Module  # ``model`` or its DistributedDataParallel wrapper
+    model: ClassificationModel3D
+    opt: torch.optim.Optimizer
+    data: TrainingData
+    cfg: TrainConfig
+    ckpt: Path | None = None  # where to checkpoint after every epoch (rank 0 only)
+    rank: int = 0
+    world: int = 1
+    log: Callable = print
+
+
+@dataclass
+class Epoch:
+    """One epoch of this process: its number, its draw of the training items and its clock."""
+
+    number: int
+    order: torch.Tensor  # this process's share of the sampled training items
+    gen: torch.Generator  # the epoch's seeded generator (augmentation)
+    steps: int  # optimiser steps
+    run_t0: float  # when the run started (less the resumed epochs' time): the ETA's clock
+    budget: float | None = None  # seconds of the time box (TrainConfig.max_minutes)
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -214,7 +242,8 @@ def train(data, out, config: TrainConfig | None = None, *, log=print, **options)
     ckpt = out.parent / (out.name + ".train") / "last.pt"
     progress = resume(ckpt, model, opt, cfg.resume_key(d), say)
     net = model if dist is None else torch.nn.parallel.DistributedDataParallel(model)
-    stop_reason = epoch_loop(net, model, opt, d, cfg, progress, ckpt if rank == 0 else None, rank, world, say)
+    run = TrainRun(net, model, opt, d, cfg, ckpt if rank == 0 else None, rank, world, say)
+    stop_reason = epoch_loop(run, progress)
     state = progress.state
     say(f"stopped: {stop_reason}; best epoch {state['best_epoch']} (val balanced accuracy "
         f"{state['best_bacc']:.3f})")
@@ -290,18 +319,18 @@ def save_checkpoint(ckpt: Path, model, opt, progress: TrainingState, key: str) -
 
 
 # ------------------------------------------------------------------------------------------ epochs
-def epoch_loop(net, model, opt, d: TrainingData, cfg: TrainConfig, progress: TrainingState, ckpt: Path | None,
-               rank: int = 0, world: int = 1, log=print) -> str:
-    """Train until ``cfg.epochs``, early stopping or the time box; checkpoint to ``ckpt`` after every epoch.
+def epoch_loop(run: TrainRun, progress: TrainingState) -> str:
+    """Train until ``cfg.epochs``, early stopping or the time box; checkpoint to ``run.ckpt`` after every epoch.
 
-    ``net`` is ``model`` or its DistributedDataParallel wrapper. Returns why the loop stopped.
+    Returns why the loop stopped.
     """
+    model, d, cfg = run.model, run.data, run.cfg
     state = progress.state
     ytr = d.y[d.idx["train"]]
     counts = torch.bincount(ytr, minlength=len(d.classes)).double()
     weights = (1.0 / counts.clamp(min=1))[ytr]
     n_per_epoch = len(d.idx["train"])
-    steps = math.ceil(n_per_epoch / (cfg.batch_size * world))
+    steps = math.ceil(n_per_epoch / (cfg.batch_size * run.world))
     Xval, yval = d.X[d.idx["val"]], d.y[d.idx["val"]].numpy()
     budget = None if cfg.max_minutes is None else cfg.max_minutes * 60.0
     run_t0 = time.time() - state["elapsed"]
@@ -316,40 +345,40 @@ def epoch_loop(net, model, opt, d: TrainingData, cfg: TrainConfig, progress: Tra
         ep = state["epoch"] + 1
         gen = torch.Generator().manual_seed(cfg.seed * 100_003 + ep)
         order = torch.multinomial(weights, n_per_epoch, replacement=True, generator=gen)
-        order = order[rank::world]
-        net.train()
+        order = order[run.rank::run.world]
+        run.net.train()
         t_ep = time.time()
-        losses = train_epoch(net, opt, d, order, gen, cfg, steps, ep, run_t0, budget, log)
+        losses = train_epoch(run, Epoch(ep, order, gen, steps, run_t0, budget))
         rep = classification_report(predict(model, Xval), yval, d.classes)
         epoch_times.append(time.time() - t_ep)
-        _record_epoch(progress, model, ep, losses, rep, epoch_times[-1], log)
+        _record_epoch(progress, model, ep, losses, rep, epoch_times[-1], run.log)
         state["elapsed"] = time.time() - run_t0
         if state["bad_epochs"] >= cfg.patience:
             stop_reason = cfg.early_stop()
         elif budget is not None and state["elapsed"] + np.mean(epoch_times) > budget:
             stop_reason = f"time budget ({cfg.max_minutes} min)"
         state["stop"] = stop_reason
-        if ckpt is not None:
-            save_checkpoint(ckpt, model, opt, progress, key)
+        if run.ckpt is not None:
+            save_checkpoint(run.ckpt, model, run.opt, progress, key)
         if stop_reason != "max epochs":
             break
     return stop_reason
 
 
-def train_epoch(net, opt, d: TrainingData, order: torch.Tensor, gen: torch.Generator, cfg: TrainConfig,
-                steps: int, ep: int, run_t0: float, budget: float | None = None, log=print) -> list[float]:
-    """``steps`` optimiser steps over this process's share ``order`` of the sampled items; the losses."""
+def train_epoch(run: TrainRun, epoch: Epoch) -> list[float]:
+    """``epoch.steps`` optimiser steps over this process's share ``epoch.order`` of the sampled items; the losses."""
+    d, cfg, opt, steps, ep = run.data, run.cfg, run.opt, epoch.steps, epoch.number
     t_ep = time.time()
     losses = []
     for s in range(steps):
-        bi = order[s * cfg.batch_size:(s + 1) * cfg.batch_size]
+        bi = epoch.order[s * cfg.batch_size:(s + 1) * cfg.batch_size]
         if len(bi) == 0:
             continue
         tr = torch.tensor(d.idx["train"])[bi]
         xb = d.X[tr].float()
         if cfg.augment_data:
-            xb = augment(xb, gen)
-        loss = F.cross_entropy(net(xb), d.y[tr])
+            xb = augment(xb, epoch.gen)
+        loss = F.cross_entropy(run.net(xb), d.y[tr])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -357,10 +386,10 @@ def train_epoch(net, opt, d: TrainingData, order: torch.Tensor, gen: torch.Gener
         if (s + 1) % 10 == 0:
             per_step = (time.time() - t_ep) / (s + 1)
             left = per_step * (steps - s - 1) + per_step * steps * (cfg.epochs - ep)
-            if budget is not None:
-                left = min(left, max(budget - (time.time() - run_t0), 0))
-            log(f"epoch {ep}/{cfg.epochs} step {s + 1}/{steps} loss {np.mean(losses[-10:]):.3f} "
-                f"elapsed {(time.time() - run_t0) / 60:.1f} min, ETA {left / 60:.1f} min")
+            if epoch.budget is not None:
+                left = min(left, max(epoch.budget - (time.time() - epoch.run_t0), 0))
+            run.log(f"epoch {ep}/{cfg.epochs} step {s + 1}/{steps} loss {np.mean(losses[-10:]):.3f} "
+                    f"elapsed {(time.time() - epoch.run_t0) / 60:.1f} min, ETA {left / 60:.1f} min")
     return losses
 
 
