@@ -131,3 +131,34 @@ def test_batch_has_atlas_columns_and_compare_works_without_labels(ad_cn_batch, t
     gain = {r["region"]: r for r in read_tsv(tmp_path / "cmp" / "gain.tsv")}
     for side in ("Left_Hippocampus", "Right_Hippocampus"):  # AD relevance is medial temporal: 7-8x in CN's
         assert float(gain[side]["gain"]) > 2.0, gain[side]
+
+
+# ------------------------------------------------------------------------------------------------- compare-maps
+def test_compare_maps_two_targets_of_one_scan(diagnosed, tmp_path, capsys):
+    """The example scan explained for AD (the fixture) and for CN: compared on the scan's grid."""
+    report, rel_ad, affine = diagnosed
+    folder_ad = tmp_path / "ad"
+    assert main(["diagnose", str(default_scan()), "--out", str(folder_ad), "--no-figures", "-q"]) == 0
+    folder_cn = tmp_path / "cn"
+    assert main(["diagnose", str(default_scan()), "--target", "CN", "--out", str(folder_cn), "--no-figures",
+                 "-q"]) == 0
+    capsys.readouterr()
+    out = tmp_path / "cmp"
+    assert main(["compare-maps", str(folder_ad), str(folder_cn), "--out", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    assert "compared on the input grid" in stdout and "Research use only" in stdout
+    doc = json.loads((out / "comparison.json").read_text())
+    assert doc["space"] == "input" and doc["a"]["target"] == "AD" and doc["b"]["target"] == "CN"
+    assert -1.0 <= doc["correlation"] <= 1.0 and 0.0 <= doc["share_moved"] <= 1.0
+    a = np.asarray(nib.load(str(out / "a.nii.gz")).dataobj, dtype=np.float64)
+    b = np.asarray(nib.load(str(out / "b.nii.gz")).dataobj, dtype=np.float64)
+    diff = np.asarray(nib.load(str(out / "difference.nii.gz")).dataobj, dtype=np.float64)
+    voxel_ml = abs(np.linalg.det(affine[:3, :3])) / 1000.0
+    assert a.sum() * voxel_ml == pytest.approx(1.0, rel=1e-4) and b.sum() * voxel_ml == pytest.approx(1.0, rel=1e-4)
+    np.testing.assert_allclose(diff, b - a, atol=1e-6)
+    np.testing.assert_allclose(a * voxel_ml, np.clip(rel_ad, 0, None) / np.clip(rel_ad, 0, None).sum(dtype=np.float64),
+                               atol=1e-7)
+    assert doc["regions"][0]["region"] and abs(doc["regions"][0]["change"]) >= abs(doc["regions"][-1]["change"])
+    # a folder that is not a result: one line, exit 2, nothing written
+    assert main(["compare-maps", str(tmp_path), str(folder_cn), "--out", str(tmp_path / "bad")]) == 2
+    assert "not a diagnose result folder" in capsys.readouterr().err and not (tmp_path / "bad").exists()

@@ -44,6 +44,8 @@ COMMANDS = (
     Command("train", "research", "train a model package (subject-level split)"),
     Command("evaluate", "research", "classification and explanation metrics of a model package"),
     Command("compare", "research", "regional relevance by group (bootstrap intervals, AD/CN gain)"),
+    Command("compare-maps", "maps", "two diagnoses' relevance maps on one grid and their difference (targets, "
+                                    "methods, or a baseline and a follow-up through the template)"),
     Command("web", "web", "serve the web app (Slicer's views of a diagnosis in the browser)"),
 )
 BY_NAME = {c.name: c for c in COMMANDS}
