@@ -38,8 +38,12 @@ from addiagnosis import RESEARCH_USE  # noqa: E402
 from addiagnosis.io.checks import check_volume  # noqa: E402 - the one input check, before anything runs
 from addiagnosis.models import card as _card  # noqa: E402 - names, methods, card text
 from addiagnosis.models import discovery as _discovery  # noqa: E402 - which packages are installed
+from addiagnosis.mrml import atlas as _atlas  # noqa: E402 - the atlas as a label map: region names under the cursor
+from addiagnosis.mrml import clusters as _clusters  # noqa: E402 - cluster table; a row jumps the views to its peak
+from addiagnosis.mrml import compare as _compare  # noqa: E402 - two maps side by side, linked slices
 from addiagnosis.mrml import regions as _regions  # noqa: E402 - relevance per label / segment
 from addiagnosis.mrml import scene as _scene  # noqa: E402 - volume node -> Volume, result -> nodes
+from addiagnosis.prep import atlas as _atlasData  # noqa: E402 - is the atlas installed (torch-free)
 from addiagnosis.worker import client as _client  # noqa: E402 - the long-lived worker process and its jobs
 
 METHODS = list(_card.METHOD_CHOICES)  # "auto": the card's recommended method (lrp-reference-alpha1beta0, bundled)
@@ -238,6 +242,8 @@ class ADDiagnosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.opacitySlider.connect("valueChanged(double)", self._onOpacity)
         self.ui.thresholdSlider.connect("valueChanged(double)", self._onThreshold)
         self.ui.regionsSelector.connect("currentNodeChanged(vtkMRMLNode*)", self._onRegions)
+        self.ui.clusterSelector.connect("currentIndexChanged(int)", self._onCluster)
+        self._clusterTable = None
         self.initializeParameterNode()
 
     def cleanup(self):
@@ -465,6 +471,7 @@ class ADDiagnosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.verdictLabel.visible = verdict.level != "pass"
         self.ui.resultsCollapsibleButton.collapsed = False
         self.ui.statusLabel.text = _("done in {s:.1f} s").format(s=time.monotonic() - self._startedAt)
+        self._fillClusters(getattr(outputs, "clusters", None))
 
     def _onOpacity(self, value):
         rel = self._parameterNode.relevanceVolume if self._parameterNode else None
@@ -482,6 +489,23 @@ class ADDiagnosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         rel = self._parameterNode.relevanceVolume if self._parameterNode else None
         if rel:
             self.logic.setTopPercent(rel, value)
+
+    def _fillClusters(self, table):
+        """One item per row of the cluster table (largest share first) after a placeholder item."""
+        self._clusterTable = table
+        selector = self.ui.clusterSelector
+        wasBlocked = selector.blockSignals(True)
+        selector.clear()
+        rows = table.GetTable().GetNumberOfRows() if table is not None else 0
+        selector.addItem(_("(choose a cluster to go to its peak)") if rows else _("(no clusters)"))
+        for row in range(rows):
+            selector.addItem(_clusters.row_text(table, row))
+        selector.blockSignals(wasBlocked)
+        selector.enabled = rows > 0
+
+    def _onCluster(self, index):
+        if self._clusterTable is not None and index >= 1:
+            self.logic.jumpToCluster(self._clusterTable, index - 1)
 
 
 #
@@ -664,6 +688,7 @@ class ADDiagnosisLogic(ScriptedLoadableModuleLogic):
         self.markQuality(outputs, Verdict.of(result))
         regionsNode = regionsNode or (parameterNode.regions if parameterNode else None)
         outputs.regions = self.regionSummary(inputNode, regionsNode) if regionsNode else None
+        outputs.atlas, outputs.clusters = self.showReading(inputNode, result)
         if parameterNode:
             parameterNode.relevanceVolume = outputs.relevance
             parameterNode.probabilityTable = outputs.table
@@ -688,6 +713,28 @@ class ADDiagnosisLogic(ScriptedLoadableModuleLogic):
     def regionSummary(self, inputNode, regionsNode):
         """Relevance per segment / label (sum, mean, share of positive relevance) as a table node."""
         return _regions.region_summary(slicer.mrmlScene, inputNode, regionsNode)
+
+    def showReading(self, inputNode, result):
+        """The atlas (a label map whose colour table names the region under the cursor in the Data Probe, shown
+        as outlines) when it is installed and the model registers to MNI, and the cluster table of ``result``.
+        Returns (atlas nodes or None, cluster table node)."""
+        atlasNodes = None
+        if _atlasData.available() and _atlasData.mni_to_input(result.preprocessing) is not None:
+            atlasNodes = _atlas.show_atlas(slicer.mrmlScene, inputNode, result)
+            _atlas.show_as_outline(slicer.mrmlScene, atlasNodes.labels, opacity=0.35)
+        return atlasNodes, _clusters.cluster_table(slicer.mrmlScene, inputNode, result)
+
+    def jumpToCluster(self, clusterTable, row):
+        """Every slice view through the peak of the cluster in ``row``; returns the peak (RAS mm)."""
+        return _clusters.jump_to_cluster(slicer.mrmlScene, clusterTable, row)
+
+    def compareLayout(self, inputA, inputB, opacity=_scene.DEFAULT_OPACITY):
+        """The relevance maps of two diagnosed inputs side by side (A left, B right), slices linked; for a
+        baseline and a follow-up, or two scans. Returns {view name: slice node}."""
+        relA, relB = (_scene.node_ref(n, _scene.REF_RELEVANCE) for n in (inputA, inputB))
+        if relA is None or relB is None:
+            raise ValueError(_("Diagnose both scans first."))
+        return _compare.compare_layout(slicer.mrmlScene, (inputA, relA), (inputB, relB), opacity)
 
     def process(self, inputNode, model=None, method="auto", target=None, device="cpu",
                 parameterNode=None, regionsNode=None, timeout=None):

@@ -308,6 +308,63 @@ def test_opacity_and_threshold_controls(app):
     assert disp.GetLowerThreshold() == pytest.approx(lower5, rel=1e-6)
 
 
+def _plane_distance(slice_node, ras):
+    m = np.array([[slice_node.GetSliceToRAS().GetElement(r, c) for c in range(4)] for r in range(4)])
+    return float(abs(np.dot(np.asarray(ras, dtype=float) - m[:3, 3], m[:3, 2] / np.linalg.norm(m[:3, 2]))))
+
+
+def test_atlas_in_the_scene_names_the_region(app):
+    """Issue 20: after Diagnose the atlas is a label map in the scene, under the diagnosis's registration, in every
+    slice view's label layer, with a colour table naming the regions (what Slicer's Data Probe shows)."""
+    from addiagnosis.mrml import atlas as scene_atlas
+
+    slicer, module, parent = app
+    w = parent.widgetRepresentation()
+    inp = w._parameterNode.inputVolume
+    labels = scene_atlas.atlas_node(inp)
+    assert labels is not None and labels.IsA("vtkMRMLLabelMapVolumeNode")
+    assert labels.GetDisplayNode().GetColorNode().GetColorName(48) == "Left Hippocampus"
+    for name in slicer.app.layoutManager().sliceViewNames():
+        comp = slicer.app.layoutManager().sliceWidget(name).sliceLogic().GetSliceCompositeNode()
+        assert comp.GetLabelVolumeID() == labels.GetID()
+    m = labels.GetParentTransformNode().GetMatrixTransformToParent()
+    mni_to_scan = np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
+    ras = (mni_to_scan @ np.array([-26.0, -20.0, -14.0, 1.0]))[:3]
+    assert scene_atlas.region_at(labels, ras) == "Left Hippocampus"
+
+
+def test_cluster_list_jumps_the_slice_views_to_the_peak(app):
+    slicer, module, parent = app
+    w = parent.widgetRepresentation()
+    table = w._clusterTable
+    t = table.GetTable()
+    assert t.GetNumberOfRows() >= 1 and w.ui.clusterSelector.count == t.GetNumberOfRows() + 1
+    assert w.ui.clusterSelector.enabled and "%" in w.ui.clusterSelector.itemText(1)
+    for row in range(min(2, t.GetNumberOfRows())):
+        w.ui.clusterSelector.currentIndex = row + 1
+        peak = [t.GetColumnByName(c).GetValue(row) for c in ("Peak R", "Peak A", "Peak S")]
+        for name in slicer.app.layoutManager().sliceViewNames():
+            node = slicer.app.layoutManager().sliceWidget(name).mrmlSliceNode()
+            assert _plane_distance(node, peak) < 1e-6, (name, row)
+    assert not qt.RECORD["messages"]
+
+
+def test_compare_layout_with_linked_slices(app):
+    slicer, module, parent = app
+    w = parent.widgetRepresentation()
+    p = w._parameterNode
+    views = w.logic.compareLayout(p.inputVolume, p.inputVolume, opacity=p.overlayOpacity)
+    layout = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLLayoutNode")
+    assert layout.GetViewArrangement() == 20601 and len(views) == 6
+    red, right = views["Red"], views["CompareRed"]
+    red.SetInteractionFlags(red.SliceToRASFlag)
+    red.InteractingOn()
+    red.SetSliceOffset(red.GetSliceOffset() + 6.0)
+    red.InteractingOff()
+    assert right.GetSliceOffset() == pytest.approx(red.GetSliceOffset())
+    layout.SetViewArrangement(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpPlotView)
+
+
 def test_python_threads_are_starved_while_the_gil_is_held(app):
     """The model of PythonQt used below: a Python thread barely runs while the main thread holds the GIL."""
     count = [0]

@@ -105,3 +105,12 @@ def cluster_table_node(input_node):
     """The cluster table of ``input_node`` (None before :func:`cluster_table`)."""
     return node_ref(input_node, REF_CLUSTERS)
 
+
+
+def row_text(table, row: int) -> str:
+    """A row in one line: "1. Left Hippocampus: 12.3 % in 4.5 mL" (the module's cluster list)."""
+    t = table.GetTable()
+    region = t.GetColumnByName("Peak region").GetValue(int(row)) or "outside the atlas regions"
+    return (f"{t.GetColumnByName('Cluster').GetValue(int(row))}. {region}: "
+            f"{t.GetColumnByName('Share %').GetValue(int(row)):.1f} % in "
+            f"{t.GetColumnByName('Volume mL').GetValue(int(row)):.1f} mL")
