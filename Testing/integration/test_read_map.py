@@ -17,9 +17,15 @@ from addiagnosis.resources import default_scan
 
 
 @pytest.fixture(scope="module")
-def diagnosed(tmp_path_factory):
+def result_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("read-map") / "res"
     assert main(["diagnose", str(default_scan()), "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def diagnosed(result_dir):
+    out = result_dir
     report = json.loads((out / "report.json").read_text())
     img = nib.load(str(out / "relevance.nii.gz"))
     return report, np.asarray(img.dataobj, dtype=np.float32), img.affine
@@ -162,3 +168,20 @@ def test_compare_maps_two_targets_of_one_scan(diagnosed, tmp_path, capsys):
     # a folder that is not a result: one line, exit 2, nothing written
     assert main(["compare-maps", str(tmp_path), str(folder_cn), "--out", str(tmp_path / "bad")]) == 2
     assert "not a diagnose result folder" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+def test_overview_lists_the_largest_clusters(diagnosed, result_dir):
+    from PIL import Image
+
+    from addiagnosis.io.report import cluster_line
+
+    report, _, _ = diagnosed
+    line = cluster_line(report["clusters"])
+    first = report["clusters"][0]
+    assert line.startswith("Clusters (region at the peak, share, volume): 1. ")
+    assert f"{100 * first['share']:.1f} %" in line and (first["peak_region"] or "outside") in line
+    fake = [dict(first, index=i) for i in range(1, 6)]
+    assert cluster_line(fake).endswith("; 3 more")
+    png = np.asarray(Image.open(result_dir / "overview.png").convert("L"))
+    row = png[-44:-26]  # the cluster line above the research-use footer
+    assert (row > 128).sum() > 200

@@ -45,6 +45,14 @@ def write_outputs(out: str | os.PathLike | OutputSet, input_volume: Volume, resu
 
 
 # ------------------------------------------------------------------------------------- overview
+def cluster_line(clusters: list, n: int = 2) -> str:
+    """The largest clusters in one line: "Clusters: 1. Left Hippocampus 12.3 % (4.5 mL); 2. ..."."""
+    parts = [f"{c['index']}. {c.get('peak_region') or 'outside the atlas regions'} {100 * c['share']:.1f} % "
+             f"({c['volume_ml']:.1f} mL)" for c in clusters[:n]]
+    more = f"; {len(clusters) - n} more" if len(clusters) > n else ""
+    return "Clusters (region at the peak, share, volume): " + "; ".join(parts) + more
+
+
 def _font(size: int):
     """DejaVu Sans from matplotlib's data (always installed with it), else PIL's built-in font."""
     import matplotlib
@@ -90,7 +98,8 @@ def overview_png(volume: Volume, result, path: str | os.PathLike, n_cols: int = 
 
     qc = getattr(result, "qc", None) or {}
     qc_bad = qc.get("verdict") in ("warn", "fail")
-    top, label_h, footer_h, bar_w = 70 if qc_bad else 52, 16, 26, 80
+    clusters = (getattr(result, "reading", None) or {}).get("clusters") or []  # engine's explain.clusters
+    top, label_h, footer_h, bar_w = 70 if qc_bad else 52, 16, 44 if clusters else 26, 80
     canvas = Image.new("RGB", (n_cols * tile + bar_w, top + 3 * (tile + label_h) + footer_h), "black")
     draw = ImageDraw.Draw(canvas)
     small, normal = _font(11), _font(13)
@@ -133,6 +142,9 @@ def overview_png(volume: Volume, result, path: str | os.PathLike, n_cols: int = 
         draw.text((width // 2, 46), text[:150], fill="#ff5050" if failed else "#ffb000", font=normal, anchor="mt")
     footer = result.research_use + (f"  {result.model_notice}" if getattr(result, "model_notice", None) else "")
     draw.text((width // 2, canvas.size[1] - 18), footer, fill="#ffcc66", font=small, anchor="mt")
+    if clusters:
+        draw.text((width // 2, canvas.size[1] - 38), cluster_line(clusters)[:150], fill="white", font=small,
+                  anchor="mt")
 
     # colour bar: top = vmax
     bar_x, bar_y, bar_h = n_cols * tile + 14, top + label_h + 10, 3 * (tile + label_h) - 60
