@@ -641,6 +641,8 @@ class ADDiagnosisLogic(ScriptedLoadableModuleLogic):
     @classmethod
     def worker(cls):
         """The running worker, started now if there is none (or it left for being idle, or was stopped)."""
+        if cls._process is not None:
+            cls._process.read()  # drain its pipes while no job polls them; notices a worker that left (Bye)
         if cls._process is None or not cls._process.usable():
             cls.stopWorker()
             cls._process = _client.WorkerProcess(cls.workerPython(), idle_s=cls.idleSeconds())

@@ -201,6 +201,16 @@ def test_a_failed_start_is_one_line_and_leaves_nothing(scan, tmp_path, private_t
     assert not list(private_tmp.iterdir())
 
 
+def test_no_python_at_all_is_one_clear_line(monkeypatch):
+    """Inside Slicer sys.executable can be empty: that once reached the user as [Errno 13] Permission denied: ''."""
+    from addiagnosis.worker import process
+
+    monkeypatch.setattr(process.shutil, "which", lambda name: None)
+    monkeypatch.setattr(process.sys, "executable", "")
+    with pytest.raises(StartError, match=r"^Slicer's Python \(PythonSlicer\) was not found: reinstall Slicer"):
+        process.find_python(None)
+
+
 def test_messages_are_json_lines_of_dataclasses():
     task = protocol.Diagnose(3, "/x", "scan", None, "auto", "AD", "cpu")
     line = protocol.encode(task)

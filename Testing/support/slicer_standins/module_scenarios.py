@@ -437,7 +437,11 @@ def test_diagnose_after_cancel_starts_a_new_worker_and_is_not_slower_with_the_gi
                                                                                           else 2)
         np.testing.assert_array_equal(job.result.relevance.array, FIRST["relevance"])
     measured["warm_click_to_overlay_gil_held_s"] = round(seconds, 2)
-    measured["gil_ratio"] = round(seconds / measured["warm_click_to_overlay_gil_free_s"], 3)
+    free, free_worker = measured["warm_click_to_overlay_gil_free_s"], measured["warm_worker"]["seconds"]
+    measured["gil_ratio_raw"] = round(seconds / free, 3)
+    # the worker's own time moves with the load of a shared machine; holding the GIL can only add time outside
+    # it (polling, reading the result, pushing into MRML): compare click-to-overlay per second of worker time
+    measured["gil_ratio"] = round((seconds / job.result.worker["seconds"]) / (free / free_worker), 3)
     assert scene_state(slicer.mrmlScene) == before
     _relevance_checks(slicer, w)
     assert measured["gil_ratio"] <= 1.5, measured
