@@ -42,9 +42,9 @@ CHECKS = ("contrast", "coverage", "registration", "resolution", "skull", "intens
 # of them: card["qc"]["thresholds"] = {"coverage": {"warn_below": 0.9}, ...}.
 QC_THRESHOLDS = {
     # (WM - CSF) / (99th - 1st percentile of the brain): how much T1 contrast the tissue classes show
-    "contrast": {"span_fail_below": 0.2, "span_warn_below": 0.3,
-                 # where grey matter lies between CSF (0) and white matter (1): T1 0.4-0.75
-                 "gm_fail_outside": [0.15, 0.92], "gm_warn_outside": [0.25, 0.85]},
+    "contrast": {"span_fail_below": 0.2, "span_warn_below": 0.35,
+                 # where grey matter lies between CSF (0) and white matter (1): synthetic T1 0.47-0.60, FLAIR >= 0.9
+                 "gm_fail_outside": [0.2, 0.8], "gm_warn_outside": [0.3, 0.7]},
     # share of the template brain inside the field of view
     "coverage": {"fail_below": 0.85, "warn_below": 0.97},
     # Pearson correlation with the template inside the brain (align's own bound is 0.45)
@@ -56,7 +56,9 @@ QC_THRESHOLDS = {
     "skull": {"stripped_below": 0.12, "min_points_inside": 0.3},
     # shares of brain points at the scan's extreme values; background signal relative to white matter
     "intensity": {"clipped_warn_above": 0.02, "clipped_fail_above": 0.1,
-                  "background_warn_above": 0.2, "background_fail_above": 0.35},
+                  "background_warn_above": 0.2, "background_fail_above": 0.35,
+                  # 99th percentile / median of the background: pure noise (Rayleigh) 2.6, ghosts of a moved head more
+                  "ghost_warn_above": 4.0},
 }
 DEFAULT_SKULL_STRIPPED = "warn"  # card["qc"]["skull_stripped"]: "pass" or "warn"
 STEP = 2  # template voxels (2 mm) between sample points: 4 mm
@@ -189,7 +191,9 @@ def check_intensity(m: dict, t: dict) -> dict:
     clipped = max(m["at_max"], m["at_min"])
     v_clip = _grade(clipped, t["clipped_fail_above"], t["clipped_warn_above"], above=True)
     v_bg = _grade(m["background"], t["background_fail_above"], t["background_warn_above"], above=True)
-    verdict = worst([v_clip, v_bg])
+    ghost = m["background_tail"]
+    v_ghost = "warn" if np.isfinite(ghost) and ghost > t["ghost_warn_above"] else "pass"
+    verdict = worst([v_clip, v_bg, v_ghost])
     parts = []
     if v_clip != "pass":
         parts.append(f"{100 * clipped:.0f} % of the brain clipped at the scan's "
@@ -197,6 +201,9 @@ def check_intensity(m: dict, t: dict) -> dict:
     if v_bg != "pass":
         parts.append(f"signal in the background at {m['background']:.2f} of white matter "
                      "(ghosting, a bright band or no background)")
+    if v_ghost != "pass":
+        parts.append(f"structured signal in the background (99th percentile {ghost:.1f} x its median): "
+                     "motion ghosts or other artefacts")
     return _reason("intensity", verdict, "; ".join(parts) if parts else
                    f"intensities plausible (background {m['background']:.2f} of white matter)")
 
@@ -218,6 +225,9 @@ def measure(volume: Volume, mni_to_input_ras: np.ndarray) -> dict:
     zero = min(vmin, 0.0)  # magnitude images start at 0 (a constant bright background is not "zero"); CT at -1024
     level = wm - zero if wm > zero else float("nan")
     m["background"] = float((bg - zero) / level) if level > 0 else float("nan")
+    bg_med, bg_p99 = (np.percentile(values[bg_sel], [50, 99]) - zero) if bg_sel.any() else (0.0, 0.0)
+    # noise only has a Rayleigh tail; unassessable when the background is masked to a constant
+    m["background_tail"] = float(bg_p99 / bg_med) if level > 0 and bg_med > 0.005 * level else float("nan")
     sc_sel = label["scalp"] & inside
     m["scalp_inside"] = float(sc_sel.sum() / max(1, label["scalp"].sum()))
     m["scalp"] = float((_median(values, sc_sel) - zero) / level) if sc_sel.any() and level > 0 else float("nan")
