@@ -3,8 +3,10 @@ real scan), through the real command line and the web app's real session workers
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -141,6 +143,38 @@ def test_diagnose_a_dicom_series_folder(tmp_path, tiny_package):
     write_series(gap, arr, aff, skip=(20,))
     one_line_error(cli("diagnose", gap, "--model", tiny_package, "--out", tmp_path / "o4"), "1 missing slice(s)")
     assert not (tmp_path / "o4").exists()
+
+
+def test_batch_takes_folders_of_series(tmp_path, tiny_package):
+    arr, aff = head_t1()
+    arr = arr.astype(np.int16)
+    data = tmp_path / "data"
+    write_series(data / "sub-01" / "t1", arr, aff)
+    write_series(data / "sub-02" / "t1", arr[::-1].copy(), aff)
+    write_series(data / "sub-03" / "t1", arr, aff, skip=(30,))
+    nib.save(nib.Nifti1Image(arr, aff), str(data / "sub-04.nii.gz"))
+    out = tmp_path / "out"
+    proc = cli("batch", data, "--model", tiny_package, "--out", out, "--workers", "0", "-q",
+               "--save", "relevance,report")
+    assert proc.returncode in (0, 1), proc.stderr  # one scan is an error row
+    rows = {r["scan_id"]: r for r in csv.DictReader(open(out / "results.tsv", encoding="utf-8"), delimiter="\t")}
+    assert sorted(rows) == ["sub-01/t1", "sub-02/t1", "sub-03/t1", "sub-04"]
+    assert rows["sub-01/t1"]["status"] == rows["sub-02/t1"]["status"] == rows["sub-04"]["status"] == "ok"
+    assert rows["sub-03/t1"]["status"] == "error" and "1 missing slice(s)" in rows["sub-03/t1"]["error"]
+    assert rows["sub-01/t1"]["subject"] == "sub-01" and len(rows["sub-01/t1"]["sha256"]) == 64
+    assert rows["sub-01/t1"]["predicted"] == rows["sub-04"]["predicted"]  # the same voxels as series and NIfTI
+    rel = nib.load(str(out / rows["sub-02/t1"]["output"] / "relevance.nii.gz"))
+    assert rel.shape == arr.shape
+    np.testing.assert_allclose(rel.affine, aff, atol=1e-5)
+    text = (out / "results.tsv").read_text() + "".join(p.read_text() for p in out.rglob("report.json"))
+    assert PATIENT_NAME not in text and PATIENT_ID not in text
+    # a re-run skips the finished series; a file of one rewritten in place (same folder listing) is run again
+    args = ("batch", data, "--model", tiny_package, "--out", out, "--workers", "0", "--save", "relevance,report")
+    done = [int(re.search(r"\((\d+) already done\)", cli(*args).stdout).group(1))]
+    first = sorted((data / "sub-02" / "t1").iterdir())[0]
+    os.utime(first, ns=(first.stat().st_atime_ns, first.stat().st_mtime_ns + 10**9))
+    done.append(int(re.search(r"\((\d+) already done\)", cli(*args).stdout).group(1)))
+    assert done[0] >= 3 and done[1] == done[0] - 1, done
 
 
 # ------------------------------------------- item 1: session workers are reachable only through the gateway

@@ -25,8 +25,9 @@ SUBJECT_COLUMNS = ("subject", "participant_id", "subject_id", "participant", "pt
 SESSION_COLUMNS = ("session", "session_id", "ses", "visit", "viscode")
 GROUP_COLUMNS = ("group", "diagnosis", "dx", "class", "label", "dx_bl")
 LABELS_COLUMNS = ("labels", "label_map", "labelmap", "atlas")
-EXPECTED = ("a folder of .nii/.nii.gz scans, a BIDS dataset (sub-*/[ses-*/]anat/*_T1w.nii[.gz]), a TSV/CSV "
-            "table with a path column, or a text file with one scan path per line")
+EXPECTED = ("a folder of .nii/.nii.gz scans or DICOM series folders, a BIDS dataset "
+            "(sub-*/[ses-*/]anat/*_T1w.nii[.gz]), a TSV/CSV table with a path column, or a text file with one scan "
+            "path per line")
 
 
 @dataclass
@@ -199,15 +200,24 @@ def discover_bids(root: Path, group_column: str | None = None, log=None) -> list
 
 
 def discover_folder(root: Path, exclude: Path | None = None) -> list[Scan]:
+    """NIfTI files, and folders holding DICOM files (each one scan: its series, read by io.volume.read_scan)."""
+    from addiagnosis.io.dicom import is_dicom_file
+
     files = []
     for dirpath, dirnames, filenames in os.walk(root):
         d = Path(dirpath)
         dirnames[:] = sorted(n for n in dirnames if not n.startswith(".")
                              and (exclude is None or (d / n).resolve() != exclude))
+        if any(not n.startswith(".") and not _is_nifti(d / n) and is_dicom_file(d / n) for n in filenames):
+            files.append(d)  # a DICOM series folder: one scan
+            dirnames[:] = []
+            continue
         files += [d / n for n in filenames if _is_nifti(d / n)]
     files.sort()
     if not files:
-        raise InputError(f"found no .nii/.nii.gz scans; expected {EXPECTED}", root)
+        raise InputError(f"found no .nii/.nii.gz scans or DICOM series; expected {EXPECTED}", root)
+    if files == [root]:
+        return [Scan(root, scan_stem(root))]
     return [Scan(f, _relative_id(f, root), _entity(str(f.relative_to(root)), "sub"),
                  _entity(str(f.relative_to(root)), "ses")) for f in files]
 

@@ -8,6 +8,7 @@ target, method``, the summaries, ``regions``, the timings ``t_*``, ``output`` an
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -113,6 +114,10 @@ def stat_key(path: Path) -> str | None:
     """The file's identity (resolved path, size, modification time): an unchanged file is found without hashing."""
     try:
         st = path.stat()
+        if path.is_dir():  # a DICOM series folder: the names, sizes and times of its files
+            files = sorted((str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns)
+                           for p in path.rglob("*") if p.is_file())
+            return f"{path.resolve()}|dir|{hashlib.sha256(repr(files).encode()).hexdigest()[:32]}"
     except OSError:
         return None
     return f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"

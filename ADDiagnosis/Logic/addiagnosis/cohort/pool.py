@@ -129,7 +129,7 @@ def error_line(exc: BaseException) -> str:
 
 def prepare_job(job: PrepareJob) -> PrepareResult:
     """Worker step: hash, read, validate and preprocess one scan (everything picklable comes back)."""
-    from addiagnosis.io.volume import read_nifti
+    from addiagnosis.io.volume import read_scan
     from addiagnosis.prep.physical import prepare
 
     path = Path(job.path)
@@ -138,8 +138,9 @@ def prepare_job(job: PrepareJob) -> PrepareResult:
     try:
         if not path.exists():
             raise InputError("no such file")
-        res.sha256 = sha256_file(path)
-        vol = read_nifti(path)
+        res.sha256 = sha256_file(path) if path.is_file() else ""
+        vol = read_scan(path)  # a NIfTI file or a DICOM series folder (its hash: its files in slice order)
+        res.sha256 = vol.meta.get("sha256") or res.sha256
         t1 = time.perf_counter()
         prep = prepare(vol, _WORKER["card"])
         t2 = time.perf_counter()
@@ -176,7 +177,7 @@ def _write_files(job: WriteJob, out) -> dict:
     from types import SimpleNamespace
 
     from addiagnosis.io.report import overview_png
-    from addiagnosis.io.volume import Volume, read_nifti, write_nifti
+    from addiagnosis.io.volume import Volume, read_scan, write_nifti
 
     save, record, files = set(job.save), job.record, {}
     rel = None
@@ -191,7 +192,7 @@ def _write_files(job: WriteJob, out) -> dict:
         result = SimpleNamespace(relevance=rel, probabilities=record["probabilities"], predicted=record["predicted"],
                                  target=record["target"], method=record["method"], research_use=RESEARCH_USE,
                                  model_notice=job.notice)
-        overview_png(read_nifti(job.path), result, out.path("overview.png"))
+        overview_png(read_scan(job.path), result, out.path("overview.png"))
         files["overview"] = "overview.png"
     if "report" in save:
         files["report"] = "report.json"
