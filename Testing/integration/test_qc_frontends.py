@@ -1,0 +1,90 @@
+"""Input QC and the OOD score through the engine and its front ends, with the bundled model (issue 18).
+
+A valid T1 (the bundled example scan) and the same scan remapped to a T2-like contrast go through the real
+registration, network and outputs: the T1 passes, the T2 fails on its contrast; the record is a plain dict in
+report.json and survives the worker's result.json; the overview of a failed scan says it is not interpretable.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from addiagnosis.engine import get_diagnoser
+from addiagnosis.io.report import write_outputs
+from addiagnosis.io.volume import read_nifti
+from addiagnosis.prep import qc
+from addiagnosis.research import qcset
+from addiagnosis.resources import default_scan
+
+
+def t2_like(vol):
+    """The example scan with its tissue intensities remapped as a T2 scan shows them (CSF bright, WM dark)."""
+    a = np.asarray(vol.array, dtype=np.float32)
+    wm = float(np.percentile(a[a > 0.3 * a.max()], 75))  # the brightest tissue of a T1: white matter
+    out = np.interp(a / wm, qcset.T1_KNOTS, qcset.REMAPS["t2"]) * 1000.0
+    return vol.like(out.astype(np.int16), vol.name + "-t2")
+
+
+@pytest.fixture(scope="module")
+def diagnoser():
+    return get_diagnoser(None)
+
+
+@pytest.fixture(scope="module")
+def t1():
+    return read_nifti(default_scan())
+
+
+@pytest.fixture(scope="module")
+def results(diagnoser, t1):
+    return {"t1": diagnoser.run(t1), "t2": diagnoser.run(t2_like(t1))}
+
+
+def test_valid_t1_passes_every_check(results):
+    rec = results["t1"].qc
+    assert rec["verdict"] == "pass", rec["reasons"]
+    assert {r["check"] for r in rec["reasons"]} >= set(qc.CHECKS)
+    assert all(set(r) == {"check", "verdict", "detail"} for r in rec["reasons"])
+    assert rec["measures"]["coverage"] > 0.99 and rec["measures"]["wm"] > rec["measures"]["gm"] > rec["measures"]["csf"]
+    assert "qc" in results["t1"].timings
+
+
+def test_t2_contrast_fails_and_is_reported(results, tmp_path, t1):
+    result = results["t2"]
+    rec = result.qc
+    assert rec["verdict"] == "fail"
+    contrast = next(r for r in rec["reasons"] if r["check"] == "contrast")
+    assert contrast["verdict"] == "fail" and "not a T1 contrast" in contrast["detail"]
+    assert rec["reasons"][0]["verdict"] == "fail"  # worst first
+    vol = t2_like(t1)
+    files = write_outputs(tmp_path / "out", vol, result, result.report(vol))  # outputs are still written
+    report = json.loads(files["report"].read_text())
+    assert report["qc"]["verdict"] == "fail" and report["qc"]["reasons"] == json.loads(json.dumps(rec["reasons"]))
+    assert files["overview"].stat().st_size > 0
+    assert "QC fail (not interpretable): contrast:" in qc.summary_line(rec)
+
+
+def test_ood_score_when_the_package_has_a_fit(results, diagnoser):
+    for result in results.values():
+        ood = result.qc["ood"]
+        if diagnoser.ood is None:
+            assert ood is None
+            continue
+        assert set(ood) == {"score", "percentile", "threshold", "threshold_percentile"}
+        assert 0.0 <= ood["percentile"] <= 100.0 and ood["threshold"] == pytest.approx(diagnoser.ood.threshold, 1e-3)
+    if diagnoser.ood is not None:  # the T2-like scan lies further from the training scans than the T1
+        assert results["t2"].qc["ood"]["score"] > results["t1"].qc["ood"]["score"]
+
+
+def test_qc_survives_the_worker_result_file(results, tmp_path):
+    from addiagnosis.worker import protocol
+
+    result = results["t2"]
+    np.save(tmp_path / "ijk_to_ras.npy", result.relevance.ijk_to_ras)
+    protocol.write_result(str(tmp_path), result)
+    back = protocol.read_result(str(tmp_path), {})
+    assert back.qc == json.loads(json.dumps(result.qc))
+    assert back.qc["verdict"] == "fail"
