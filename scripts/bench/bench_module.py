@@ -118,18 +118,25 @@ def main(argv=None) -> int:
         for _ in range(args.cold):
             module.ADDiagnosisLogic.stopWorker()
             cold.append(click(widget)[0])
-        warm, engine = [], []
+        warm, engine, cpu = [], [], []
         for _ in range(args.warm):
-            seconds, job = click(widget)
+            seconds, last = click(widget)
             warm.append(seconds)
-            engine.append(job.result.worker["seconds"])
+            engine.append(last.result.worker["seconds"])
+            cpu.append(last.result.worker["cpu_s"])
         cancels = [cancel_to_no_process(module, widget) for _ in range(args.cancels)]
         memory = idle_memory(module, widget, slicer, args.idle)
         widget.cleanup()
     out = {"tag": tag, "cores": os.cpu_count(), "load_average": [round(v, 2) for v in os.getloadavg()],
            "cold_click_s": [round(v, 2) for v in cold], "warm_click_s": [round(v, 2) for v in warm],
            "warm_worker_job_s": [round(v, 2) for v in engine],
+           # CPU seconds of a warm job (all threads): load-independent; on an idle 2-core machine the job's wall
+           # time lies between cpu/2 (both cores busy throughout) and cpu (one core)
+           "warm_worker_cpu_s": [round(v, 2) for v in cpu],
            "warm_over_cold": round(statistics.median(warm) / statistics.median(cold), 3),
+           # what the click costs beyond the worker's own job: polling, reading the result, the push into MRML
+           "warm_overhead_s": round(statistics.median(w - e for w, e in zip(warm, engine)), 3),
+           "warm_engine_timings_s": {k: round(v, 2) for k, v in last.result.timings.items()},
            "cancel_to_no_process_s": [round(v, 3) for v in cancels], **memory}
     print(json.dumps(out, indent=1))
     print(f"\nSlicer {tag}, GIL held between ticks: cold click {statistics.median(cold):.2f} s (median of {len(cold)}),"
