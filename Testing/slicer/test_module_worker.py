@@ -171,6 +171,26 @@ def test_the_worker_leaves_when_its_parent_is_killed(python_slicer):
         gui.wait()
 
 
+def test_the_watchdog_also_polls_the_parent_process(tmp_path):
+    """Where the parent dies but its end of the stdin pipe lives on (held by another process), the worker still
+    leaves: it polls the parent's process id."""
+    parent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(protocol.__file__).parents[2]),
+                                                       os.environ.get("PYTHONPATH", "")]))
+    worker = subprocess.Popen([sys.executable, "-m", "addiagnosis.worker", "--parent", str(parent.pid)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, start_new_session=True)
+    try:
+        assert isinstance(protocol.decode(worker.stdout.readline()), protocol.Ready)
+        parent.kill()
+        parent.wait()
+        assert worker.wait(timeout=2.0) == 0  # stdin still open here: only the watchdog can have ended it
+        assert protocol.decode(worker.stdout.readline()) == protocol.Bye("parent gone")
+    finally:
+        parent.kill()
+        worker.kill()
+        worker.wait()
+
+
 def test_idle_worker_gives_its_memory_back(scan, tiny_package, python_slicer):
     worker = WorkerProcess(python_slicer, idle_s=2.0)
     try:
