@@ -40,7 +40,7 @@ def test_clusters_in_the_report_are_the_maps_components(diagnosed):
     assert clusters and [c["index"] for c in clusters] == list(range(1, len(clusters) + 1))
     assert [c["share"] for c in clusters] == sorted((c["share"] for c in clusters), reverse=True)
     mni_to_input = np.asarray(report["preprocessing"]["mni_to_input_ras"])
-    labelling = cl.Labelling.from_atlas(atlases.load_atlas(), mni_to_input, affine)
+    labelling = cl.Labelling.from_atlas(atlases.load_atlas(), mni_to_input, affine, rel.shape)
     again = cl.find_clusters(rel, affine, thr["value"], thr["min_ml"], labelling, np.linalg.inv(mni_to_input))
     assert len(again) == len(clusters)
     for mine, theirs in zip(clusters, again):

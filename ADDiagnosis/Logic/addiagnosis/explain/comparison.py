@@ -136,7 +136,7 @@ def summarise(a: Volume, b: Volume, top_percent: float, ras_to_mni: np.ndarray |
            "share_on_grid": {"a": float(sa), "b": float(sb)}, "voxel_ml": ml}
     if ras_to_mni is not None and atlases.available():
         atlas = atlases.load_atlas()
-        lab = cl.Labelling.from_atlas(atlas, np.linalg.inv(ras_to_mni), a.ijk_to_ras)
+        lab = cl.Labelling.from_atlas(atlas, np.linalg.inv(ras_to_mni), a.ijk_to_ras, a.shape)
         ra = {row["region"]: row["share"] for row in cl.region_table(a.array, lab)}
         rb = {row["region"]: row["share"] for row in cl.region_table(b.array, lab)}
         change = sorted(({"region": k, "a": ra[k], "b": rb[k], "change": rb[k] - ra[k]} for k in ra),

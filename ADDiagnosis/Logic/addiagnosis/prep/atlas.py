@@ -85,10 +85,7 @@ class Atlas:
 
     def label_at(self, mni_xyz) -> int:
         """The label of the atlas voxel nearest to an MNI position (0 outside the atlas)."""
-        ijk = np.rint(np.linalg.solve(self.ijk_to_mni, np.append(np.asarray(mni_xyz, dtype=np.float64), 1.0))[:3])
-        if np.any(ijk < 0) or np.any(ijk >= np.asarray(self.labels.shape)):
-            return 0
-        return int(self.labels[tuple(ijk.astype(int))])
+        return int(labels_at(self, np.asarray(mni_xyz, dtype=np.float64)[None])[0])
 
     def name_at(self, mni_xyz) -> str | None:
         return self.names.get(self.label_at(mni_xyz))
@@ -161,15 +158,27 @@ def load_atlas(key: str = DEFAULT_ATLAS) -> Atlas:
     return Atlas(src, labels, affine, read_names(names))
 
 
+def _nearest(atlas: Atlas, ijk: np.ndarray) -> np.ndarray:
+    """Labels at (..., 3) fractional atlas voxel indices: the nearest voxel (halves round up), 0 outside."""
+    padded = _padded(atlas)  # a border of zeros: every index outside the atlas is clipped onto it
+    dims = np.asarray(padded.shape)
+    idx = np.floor(ijk + 1.5).astype(np.int64)  # +1: the border
+    for axis in range(3):
+        np.clip(idx[..., axis], 0, dims[axis] - 1, out=idx[..., axis])
+    flat = (idx[..., 0] * dims[1] + idx[..., 1]) * dims[2] + idx[..., 2]
+    return padded.ravel()[flat]
+
+
+@functools.lru_cache(maxsize=2)
+def _padded(atlas: Atlas) -> np.ndarray:
+    return np.pad(atlas.labels, 1)
+
+
 def labels_at(atlas: Atlas, points_mni: np.ndarray) -> np.ndarray:
     """Labels of the atlas voxels nearest to MNI positions ((N, 3) mm -> (N,) int16; 0 outside the atlas)."""
     pts = np.asarray(points_mni, dtype=np.float64).reshape(-1, 3)
     to_ijk = np.linalg.inv(atlas.ijk_to_mni)
-    ijk = np.rint(pts @ to_ijk[:3, :3].T + to_ijk[:3, 3]).astype(np.int64)
-    inside = np.all((ijk >= 0) & (ijk < np.asarray(atlas.labels.shape)), axis=1)
-    out = np.zeros(len(pts), dtype=np.int16)
-    out[inside] = atlas.labels[ijk[inside, 0], ijk[inside, 1], ijk[inside, 2]]
-    return out
+    return _nearest(atlas, pts @ to_ijk[:3, :3].T + to_ijk[:3, 3])
 
 
 def labels_at_voxels(atlas: Atlas, grid_to_mni: np.ndarray, ijk: np.ndarray) -> np.ndarray:
@@ -180,7 +189,8 @@ def labels_at_voxels(atlas: Atlas, grid_to_mni: np.ndarray, ijk: np.ndarray) -> 
 
 def labels_on_grid(atlas: Atlas, grid_to_mni: np.ndarray, shape) -> np.ndarray:
     """Atlas labels on a whole grid (int16, IJK order), nearest neighbour: ``grid_to_mni`` maps the grid's voxel
-    indices to MNI mm (a model grid's affine, or ``inv(mni_to_input_ras) @ scan IJK->RAS``)."""
+    indices to MNI mm (a model grid's affine, or ``inv(mni_to_input_ras) @ scan IJK->RAS``). scipy's
+    affine_transform (order 0) rounds as :func:`labels_at` does (they differ at exact half-voxel ties only)."""
     from scipy import ndimage
 
     to_atlas = np.linalg.inv(atlas.ijk_to_mni) @ np.asarray(grid_to_mni, dtype=np.float64)
