@@ -191,27 +191,29 @@ def worker_ports() -> dict[int, str]:
     return out
 
 
-async def ws_rpc(port: int, secret: str) -> tuple[dict, dict]:
-    """wslink's hello with ``secret``, then a request for the session's state: the two replies."""
+async def ws_rpc(url: str, secret: str, calls=(("trame.state.get", []),), headers=None) -> list[dict]:
+    """wslink's hello with ``secret``, then each (method, args) call: the replies, in order."""
     import aiohttp
     import msgpack
     from wslink.chunking import UnChunker, generate_chunks
 
-    async with aiohttp.ClientSession() as http, http.ws_connect(f"http://127.0.0.1:{port}/ws") as ws:
+    rpcs = [{"wslink": "1.0", "id": "system:c0:0", "method": "wslink.hello", "args": [{"secret": secret}],
+             "kwargs": {}}]
+    rpcs += [{"wslink": "1.0", "id": f"rpc:c0:{k + 1}", "method": m, "args": a, "kwargs": {}}
+             for k, (m, a) in enumerate(calls)]
+    async with aiohttp.ClientSession() as http, http.ws_connect(url, headers=headers or {}) as ws:
         unchunker, replies = UnChunker(), []
         unchunker.set_max_message_size(1 << 30)
-        for rpc in ({"wslink": "1.0", "id": "system:c0:0", "method": "wslink.hello", "args": [{"secret": secret}],
-                     "kwargs": {}},
-                    {"wslink": "1.0", "id": "rpc:c0:1", "method": "trame.state.get", "args": [], "kwargs": {}}):
+        for rpc in rpcs:
             for chunk in generate_chunks(msgpack.packb(rpc), 1 << 20):
                 await ws.send_bytes(chunk)
             while True:
-                msg = await ws.receive(timeout=60)
+                msg = await ws.receive(timeout=120)
                 full = unchunker.process_chunk(msg.data)
                 if full is not None and full.get("id") == rpc["id"]:
                     replies.append(full)
                     break
-        return replies[0], replies[1]
+        return replies
 
 
 @pytest.fixture(scope="module")
@@ -273,11 +275,45 @@ def test_session_worker_refuses_a_client_without_the_gateways_secret(web_server)
     assert info.value.code == 410 and b"secret" not in info.value.read()
     results = {}
     for port in ports:
-        hello, state = asyncio.run(ws_rpc(port, "wslink-secret"))  # the library's default key
+        hello, state = asyncio.run(ws_rpc(f"http://127.0.0.1:{port}/ws", "wslink-secret"))  # the default key
         assert hello.get("error", {}).get("message") == "Authentication failed", hello
         assert "Unauthorized" in state.get("error", {}).get("message", ""), state
         assert "result" not in state
-        results[port] = asyncio.run(ws_rpc(port, secret))
+        results[port] = asyncio.run(ws_rpc(f"http://127.0.0.1:{port}/ws", secret))
     # control: the session's own worker accepts the key its page was given (the refusal above is the key's)
     accepted = [p for p, (hello, state) in results.items() if "result" in hello and "result" in state]
     assert len(accepted) == 1, results
+
+
+def test_web_app_takes_a_zipped_dicom_series(web_server, tmp_path):
+    import asyncio
+    import http.cookiejar
+    import io
+    import urllib.request
+    import zipfile
+
+    url, proc, log = web_server
+    arr, aff = head_t1()
+    folder = tmp_path / "series"
+    write_series(folder, arr.astype(np.int16), aff)
+    blob = io.BytesIO()
+    with zipfile.ZipFile(blob, "w", zipfile.ZIP_DEFLATED) as zf:
+        for f in sorted(folder.iterdir()):
+            zf.write(f, f"DICOM/{f.name}")
+    jar = http.cookiejar.CookieJar()
+    browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    assert browser.open(url, timeout=180).status == 200
+    ask = urllib.request.Request(url + "paraview/", data=b"{}", method="POST", headers={"Referer": url})
+    secret = json.loads(browser.open(ask, timeout=30).read())["secret"]
+    up = urllib.request.Request(url + "upload?name=Doe_Jane.zip", data=blob.getvalue(), method="POST")
+    upload = json.loads(browser.open(up, timeout=60).read())
+    assert upload["ok"] and upload["upload"].endswith(".zip")
+    cookie = "; ".join(f"{c.name}={c.value}" for c in jar)
+    _, loaded, state = asyncio.run(ws_rpc(url.replace("http", "ws") + "ws", secret, [
+        ("trame.trigger", ["addiagnosis_uploaded", [upload["upload"], "Doe_Jane.zip"], {}]),
+        ("trame.state.get", [])], headers={"Cookie": cookie}))
+    assert "error" not in loaded, loaded
+    page = state["result"]["state"]
+    assert page["has_scan"] and not page["message"], page["message"]
+    assert page["scan_name"] == "Doe_Jane" and page["scan_info"].startswith("80 x 96 x 80 voxels, 2.00 x 2.00 x 2.00")
+    assert PATIENT_NAME not in json.dumps(page, default=str) and PATIENT_ID not in json.dumps(page, default=str)

@@ -191,3 +191,28 @@ def test_each_slice_keeps_its_own_rescale(tmp_path):
     write_series(tmp_path, arr, aff, slopes=slopes)
     want = np.stack([np.round(arr[:, :, k] / s) * s for k, s in enumerate(slopes)], -1).astype(np.float32)
     np.testing.assert_array_equal(read_scan(tmp_path).array, want)
+
+
+def test_zipped_series_reads_as_its_folder_and_hostile_archives_are_refused(pair, tmp_path):
+    import zipfile
+
+    _, folder, uid = pair
+    archive = tmp_path / "series.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        for k, f in enumerate(sorted(folder.iterdir())):
+            zf.write(f, f"../../evil/{k}/{f.name}")  # member paths are never used
+    vol = read_scan(archive)
+    assert vol.meta["series_uid"] == uid and vol.meta["source"] == str(archive)
+    np.testing.assert_array_equal(vol.array, read_scan(folder).array)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["series.zip"]  # nothing unpacked is left
+    assert not (tmp_path.parent / "evil").exists()
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("a.dcm", b"\0" * (8 << 20))
+    from addiagnosis.io import dicom
+
+    with pytest.raises(InputError, match="unpacks to more than 1 MB"):
+        dicom.extract_zip(bomb, tmp_path / "x", max_bytes=1 << 20)
+    (tmp_path / "bad.zip").write_bytes(b"PK\x03\x04 not really a zip")
+    assert "not a readable zip archive" in refusal(tmp_path / "bad.zip")
+    assert "no DICOM files" in refusal(bomb)

@@ -33,6 +33,7 @@ from addiagnosis.io.checks import check_affine, check_shape, check_values
 
 MAX_FILES = 20000  # files looked at in one folder tree
 MAX_DEPTH = 4  # sub-folder levels below the folder given
+MAX_ZIP_BYTES = 4 << 30  # a zipped series unpacks to at most this much
 ORIENTATION_TOLERANCE = 1e-4  # direction cosines of two images that count as the same orientation
 POSITION_TOLERANCE = 0.01  # of the in-plane pixel size: sideways shift of slices (gantry tilt), spacing spread
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -310,6 +311,35 @@ def series_of_file(path: str | os.PathLike) -> str:
     if not uid:
         raise InputError("DICOM file without a series UID", path)
     return uid
+
+
+def extract_zip(path: str | os.PathLike, dest: str | os.PathLike, max_bytes: int = MAX_ZIP_BYTES) -> Path:
+    """Unpack a .zip of DICOM files into ``dest`` (which must not exist) safely: members are written under
+    numbered names (no path from the archive is ever used), only regular unencrypted files, at most
+    :data:`MAX_FILES` of them and ``max_bytes`` in all (counted while inflating, whatever the archive declares)."""
+    import zipfile
+
+    path, dest = Path(path), Path(dest)
+    try:
+        archive = zipfile.ZipFile(path)
+    except (OSError, zipfile.BadZipFile, ValueError) as exc:
+        raise InputError(f"not a readable zip archive ({_short(exc)})", path) from None
+    with archive:
+        members = [m for m in archive.infolist() if not m.is_dir()]
+        if len(members) > MAX_FILES:
+            raise InputError(f"the archive holds more than {MAX_FILES} files", path)
+        if any(m.flag_bits & 0x1 for m in members):
+            raise InputError("the archive is encrypted", path)
+        dest.mkdir(mode=0o700)
+        total = 0
+        for index, member in enumerate(members):
+            with archive.open(member) as src, open(dest / f"{index:05d}.dcm", "wb") as out:
+                for chunk in iter(lambda: src.read(1 << 20), b""):  # noqa: B023 - src is this member's
+                    total += len(chunk)
+                    if total > max_bytes:
+                        raise InputError(f"the archive unpacks to more than {max_bytes >> 20} MB", path)
+                    out.write(chunk)
+    return dest
 
 
 def _short(exc: BaseException) -> str:

@@ -152,17 +152,37 @@ def read_dicom(folder: str | os.PathLike, series: str | None = None, name: str |
 
 def read_scan(path: str | os.PathLike, series: str | None = None, name: str | None = None) -> Volume:
     """What every front end reads a scan with: a NIfTI file, a folder of DICOM files (one series of it: see
-    :func:`read_dicom`), or one DICOM file (its whole series, from the files beside it)."""
+    :func:`read_dicom`), a .zip of such a folder, or one DICOM file (its whole series, from the files beside it)."""
     from addiagnosis.io.dicom import is_dicom_file, series_of_file
 
     path = Path(path)
     if path.is_dir():
         return read_dicom(path, series, name)
+    if path.is_file() and _is_zip(path):  # a zipped series: unpacked beside it, read, deleted
+        import tempfile
+
+        from addiagnosis.io.dicom import extract_zip
+
+        with tempfile.TemporaryDirectory(prefix=".addiagnosis-zip-", dir=path.parent) as tmp:
+            try:
+                vol = read_dicom(extract_zip(path, Path(tmp) / "series"), series, name or scan_stem(path))
+            except InputError as exc:  # name the archive, not the temporary folder
+                raise InputError(exc.problem, path) from None
+        vol.meta["source"] = str(path)
+        return vol
     if path.is_file() and is_dicom_file(path):
         return read_dicom(path.parent, series or series_of_file(path), name)
     if series:
         raise InputError("--series applies to DICOM input only (a folder of DICOM files)", path)
     return read_nifti(path, name)
+
+
+def _is_zip(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(4) == b"PK\x03\x04"
+    except OSError:
+        return False
 
 
 def _read_header(stream, path):

@@ -38,6 +38,7 @@ COOKIE = "addiagnosis_session"
 START_TIMEOUT_S = 120.0
 SPARE_DELAY_S = 15.0  # a new spare starts this long after a claim: its imports would slow the new session's work
 GZIP_MAGIC = b"\x1f\x8b"
+ZIP_MAGIC = b"PK\x03\x04"
 HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "upgrade", "content-length", "content-encoding",
                "host", "proxy-connection", "te", "trailer"}
 
@@ -288,8 +289,8 @@ class Gateway:
                     size += len(chunk)
                     if size > self.max_upload:
                         raise ValueError(limit_text)
-                    if len(head) < 2:
-                        head += chunk[:2]
+                    if len(head) < 4:
+                        head += chunk[: 4 - len(head)]
                     fh.write(chunk)
         except ValueError as exc:
             part.unlink(missing_ok=True)
@@ -303,7 +304,9 @@ class Gateway:
             part.unlink(missing_ok=True)
             self.log(worker.sid, "upload", "refused", reason="empty")
             return web.json_response({"ok": False, "error": "the file is empty"}, status=400)
-        name = f"{stem}.nii.gz" if head[:2] == GZIP_MAGIC else f"{stem}.nii"  # server-made name, kind by content
+        # server-made name, kind by content: gzip (.nii.gz), zip (a DICOM series: .zip), else .nii
+        name = f"{stem}.nii.gz" if head[:2] == GZIP_MAGIC else f"{stem}.zip" if head[:4] == ZIP_MAGIC \
+            else f"{stem}.nii"
         part.rename(uploads / name)
         self.log(worker.sid, "upload", "ok", bytes=size)
         return web.json_response({"ok": True, "upload": name})

@@ -23,14 +23,14 @@ from addiagnosis.web.common import access_line, write_access
 from addiagnosis.web.session.state import VIEWS, PageState, slice_key
 from addiagnosis.web.session.views import SessionViews
 
-UPLOAD_ID = re.compile(r"^[0-9a-f]{32}\.nii(\.gz)?$")
+UPLOAD_ID = re.compile(r"^[0-9a-f]{32}\.(nii|nii\.gz|zip)$")  # a .zip holds a DICOM series
 log = logging.getLogger(__name__)
 
 
 def page_label(name: str) -> str:
     """A user's file name reduced to a safe label for the page (never used as a path)."""
     base = re.split(r"[\\/]", str(name))[-1]
-    base = re.sub(r"\.nii(\.gz)?$", "", base, flags=re.IGNORECASE)
+    base = re.sub(r"\.(nii(\.gz)?|zip)$", "", base, flags=re.IGNORECASE)
     base = re.sub(r"[^A-Za-z0-9._ -]", "_", base).strip() or "scan"
     return base[:64]
 
@@ -169,9 +169,9 @@ class Session:
 
     def _load_file(self, path: Path, name: str, source: str) -> None:
         """Validate with the engine's reader, then show the scan (its previous scan and results go)."""
-        from addiagnosis.io.volume import read_nifti
+        from addiagnosis.io.volume import read_scan
 
-        volume = read_nifti(path, name=name)  # the engine's checks, before anything else runs
+        volume = read_scan(path, name=name)  # NIfTI or a zipped DICOM series; the engine's checks, before all else
         self._clear_scene()
         with self.views.held():
             self.input_node = self.runtime.add_volume(volume)

@@ -55,7 +55,7 @@ def _scan_controls(session) -> None:
         v.VBtn("Example scan", id="use-example", color="primary", variant="tonal", height="auto",
                prepend_icon="mdi-brain", click=session.use_example, disabled=(f"{S.busy}",))
         with html.Label(classes="addiagnosis-drop", id="drop-zone"):
-            html.Input(type="file", accept=".nii,.gz", classes="addiagnosis-file", id="file-input")
+            html.Input(type="file", accept=".nii,.gz,.zip", classes="addiagnosis-file", id="file-input")
             html.Div("Upload .nii / .nii.gz", classes="text-body-2 font-weight-medium")
             html.Div("click, or drop a file here", classes="text-caption text-medium-emphasis")
     html.Div(f"{{{{ {S.scan_name} }}}}", v_if=f"{S.has_scan}", id="scan-name", classes="text-body-2 font-weight-medium")
