@@ -187,3 +187,26 @@ def test_ood_package_round_trip_and_checks(tmp_path):
     (tmp_path / entry["file"]).unlink()
     with pytest.raises(ModelError, match="missing"):
         ood.load(tmp_path, card, state)
+
+
+def test_attach_writes_the_fit_into_a_package_under_its_checksum(tmp_path):
+    from addiagnosis.models.card import read_card
+    from addiagnosis.models.network import ClassificationModel3D
+    from addiagnosis.models.package import write_package
+    from addiagnosis.research import oodfit
+    from addiagnosis.research.packaging import verify_checksums
+
+    torch.manual_seed(0)
+    model = ClassificationModel3D((80, 80, 80), n_classes=2).eval()
+    card = {"name": "tiny", "version": "1", "class_names": ["CN", "AD"],
+            "input_grid": {"shape": [80, 80, 80], "spacing": [2.0, 2.0, 2.0]}, "preprocessing": {"kind": "physical"},
+            "intended_use": "test", "training_data": "none"}
+    pkg = write_package(tmp_path / "pkg", model.state_dict(), card)
+    X = torch.rand(10, 1, 80, 80, 80)
+    entry = oodfit.attach(pkg.path, model, X[:6], X[6:], percentile=95.0)
+    written = read_card(pkg.path)
+    assert written["ood"] == entry and entry["n_train"] == 6 and entry["n_val"] == 4
+    verify_checksums(pkg.path, written)  # the weights are untouched
+    fit = ood.load(pkg.path, written, model.state_dict())
+    assert fit.threshold == pytest.approx(np.percentile(fit.val_scores, 95.0))
+    assert fit.score(ood.features(model, X[6:7])[0])["percentile"] >= 25.0  # a validation scan counts itself

@@ -261,6 +261,9 @@ def train(data, out, config: TrainConfig | None = None, *, log=print, **options)
 
     # issue 19: temperature (validation split) folded into the weights, conformal thresholds in the card
     write_package(out, calibrate_trained(model, d, card_out, say), card_out, overwrite=True)
+    from addiagnosis.research.oodfit import attach
+
+    card_out["ood"] = attach(out, model, d.X[d.idx["train"]], d.X[d.idx["val"]])  # issue 18: OOD fit of the features
     say(f"wrote model package {out} in {(time.time() - t_start) / 60:.1f} min")
     return card_out
 
