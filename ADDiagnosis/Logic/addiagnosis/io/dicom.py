@@ -124,7 +124,7 @@ def choose_series(found: list[Series], series: str | None, folder) -> Series:
     """The image series ``series`` names (UID, or a description naming one series); the only one without it."""
     images = [s for s in found if s.images]
     if not found:
-        raise InputError("holds no DICOM files (a folder of one DICOM series is expected)", folder)
+        raise InputError("holds no DICOM files; give a .nii/.nii.gz scan or a folder of one DICOM series", folder)
     if series:
         picked = [s for s in images if s.uid == series.strip()]
         if not picked:
