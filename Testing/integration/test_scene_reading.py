@@ -67,6 +67,19 @@ def test_atlas_label_map_under_the_registration(shown):
     assert again.labels is nodes.labels and rt.scene.GetNumberOfNodes() == before
 
 
+def test_cursor_readout(shown):
+    """Position, intensity, relevance and region at a position: the scan's and the map's own voxels there."""
+    rt, node, result, nodes, _ = shown
+    ras = to_scan(result, HIPPOCAMPUS_MNI)
+    out = scene_atlas.cursor_readout(node, ras)
+    ijk = tuple(np.floor(np.linalg.solve(result.relevance.ijk_to_ras, np.append(ras, 1.0)) + 0.5)[:3].astype(int))
+    assert out["ras"] == pytest.approx(list(ras)) and out["region"] == "Left Hippocampus"
+    assert out["relevance"] == pytest.approx(float(result.relevance.array[ijk]))
+    assert out["intensity"] == pytest.approx(float(read_nifti(default_scan()).array[ijk]))
+    outside = scene_atlas.cursor_readout(node, (900.0, 0.0, 0.0))
+    assert outside["intensity"] is None and outside["relevance"] is None and outside["region"] is None
+
+
 def test_data_probe_path_names_the_region(shown):
     """What Slicer's Data Probe does for the label layer: the slice logic's XY -> IJK of the label layer, the
     voxel's value, the colour node's name. Here at the view position of the left hippocampus."""

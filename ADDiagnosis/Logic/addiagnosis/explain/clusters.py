@@ -85,15 +85,15 @@ def find_clusters(relevance: np.ndarray, ijk_to_ras: np.ndarray, threshold: floa
     sums = np.bincount(lab, weights=val, minlength=n + 1)
     ijk = np.column_stack(np.unravel_index(idx, rel.shape)).astype(np.float64)
     centroid = np.column_stack([np.bincount(lab, weights=val * ijk[:, a], minlength=n + 1) for a in range(3)])
-    order = np.lexsort((lab, -val))  # per component, its maximum first (ties: the first voxel)
-    first = np.unique(lab[order], return_index=True)[1]
-    peak_at = {int(lab[order][f]): int(order[f]) for f in first}
+    order = np.lexsort((-val, lab))  # by component, each one's maximum first (ties: the first voxel)
+    start = np.cumsum(counts) - counts  # component c's voxels: order[start[c]:start[c] + counts[c]]
     region_labels = None if labelling is None else labelling.labels_at(ijk)
     out = []
-    for c in range(1, n + 1):
-        if counts[c] * voxel_ml < min_ml:
+    for c in np.flatnonzero(counts * voxel_ml >= min_ml):  # one pass per kept component, never per component
+        if c == 0:
             continue
-        peak = peak_at[c]
+        members = order[start[c]:start[c] + counts[c]]
+        peak = members[0]
         cluster = {
             "voxels": int(counts[c]), "volume_ml": float(counts[c] * voxel_ml),
             "share": float(sums[c] / total_pos) if total_pos > 0 else 0.0, "sum": float(sums[c]),
@@ -103,7 +103,7 @@ def find_clusters(relevance: np.ndarray, ijk_to_ras: np.ndarray, threshold: floa
         if ras_to_mni is not None:
             cluster["peak_mni"] = apply(ras_to_mni, np.asarray([cluster["peak_ras"]]))[0].tolist()
         if labelling is not None:
-            cluster.update(_overlap(region_labels[lab == c], int(region_labels[peak]), labelling.names))
+            cluster.update(_overlap(region_labels[members], int(region_labels[peak]), labelling.names))
         out.append(cluster)
     out.sort(key=lambda k: (-k["share"], -k["peak"]))
     for i, cluster in enumerate(out, 1):

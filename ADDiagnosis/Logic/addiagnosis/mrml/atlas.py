@@ -19,6 +19,7 @@ import slicer
 import vtk
 
 from addiagnosis.mrml.scene import (
+    REF_RELEVANCE,
     ROLE,
     SceneError,
     SceneUndo,
@@ -114,14 +115,23 @@ def show_as_outline(scene, labels_node, outline: bool = True, opacity: float = 1
         slices.GetItemAsObject(i).SetUseLabelOutline(bool(outline))
 
 
+def value_at(volume_node, ras) -> float | None:
+    """The voxel value of a volume node at a world RAS position (the nearest voxel, through the node's linear
+    transform); None outside the volume."""
+    if volume_node is None or volume_node.GetImageData() is None:
+        return None
+    world_to_ijk = np.linalg.inv(node_world_ijk_to_ras(volume_node))
+    ijk = np.floor(world_to_ijk @ np.append(np.asarray(ras, dtype=np.float64), 1.0) + 0.5)[:3].astype(int)
+    dims = volume_node.GetImageData().GetDimensions()
+    if np.any(ijk < 0) or np.any(ijk >= np.asarray(dims)):
+        return None
+    return float(volume_node.GetImageData().GetScalarComponentAsDouble(int(ijk[0]), int(ijk[1]), int(ijk[2]), 0))
+
+
 def label_at(labels_node, ras) -> int:
     """The label value at a world RAS position (the nearest voxel, through the node's transform; 0 outside)."""
-    world_to_ijk = np.linalg.inv(node_world_ijk_to_ras(labels_node))
-    ijk = np.rint(world_to_ijk @ np.append(np.asarray(ras, dtype=np.float64), 1.0))[:3].astype(int)
-    dims = labels_node.GetImageData().GetDimensions()
-    if np.any(ijk < 0) or np.any(ijk >= np.asarray(dims)):
-        return 0
-    return int(labels_node.GetImageData().GetScalarComponentAsDouble(int(ijk[0]), int(ijk[1]), int(ijk[2]), 0))
+    value = value_at(labels_node, ras)
+    return 0 if value is None else int(value)
 
 
 def region_at(labels_node, ras) -> str | None:
@@ -133,6 +143,15 @@ def region_at(labels_node, ras) -> str | None:
     colors = labels_node.GetDisplayNode().GetColorNode()
     name = colors.GetColorName(label) if colors is not None else ""
     return name or None
+
+
+def cursor_readout(input_node, ras) -> dict:
+    """What a cursor at world ``ras`` reads on a diagnosed input: position (mm), the scan's intensity, the
+    relevance, and the atlas region (None where there is none or nothing was shown yet)."""
+    labels = atlas_node(input_node)
+    return {"ras": [float(v) for v in ras], "intensity": value_at(input_node, ras),
+            "relevance": value_at(node_ref(input_node, REF_RELEVANCE), ras),
+            "region": region_at(labels, ras) if labels is not None else None}
 
 
 def atlas_node(input_node):
