@@ -62,6 +62,7 @@ def test_atlas_label_map_under_the_registration(shown):
     # the region at the scan position where the registration puts MNI (-26, -20, -14)
     assert scene_atlas.region_at(nodes.labels, to_scan(result, HIPPOCAMPUS_MNI)) == "Left Hippocampus"
     assert scene_atlas.region_at(nodes.labels, to_scan(result, (0.0, 0.0, 400.0))) is None
+    assert {n.GetID() for n in scene_atlas.reading_nodes(node)} >= {nodes.labels.GetID(), nodes.transform.GetID()}
     before = rt.scene.GetNumberOfNodes()
     again = scene_atlas.show_atlas(rt.scene, node, result)  # a re-run updates, never piles up
     assert again.labels is nodes.labels and rt.scene.GetNumberOfNodes() == before

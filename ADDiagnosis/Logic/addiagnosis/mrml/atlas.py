@@ -154,6 +154,15 @@ def cursor_readout(input_node, ras) -> dict:
             "region": region_at(labels, ras) if labels is not None else None}
 
 
+def reading_nodes(input_node) -> list:
+    """The nodes :func:`show_atlas` and :func:`~addiagnosis.mrml.clusters.cluster_table` made for ``input_node``
+    (a front end that clears its scene removes them with the input)."""
+    from addiagnosis.mrml.clusters import REF_CLUSTERS
+
+    found = (node_ref(input_node, role) for role in (REF_ATLAS, REF_ATLAS_TRANSFORM, REF_CLUSTERS))
+    return [node for node in found if node is not None]
+
+
 def atlas_node(input_node):
     """The atlas label map shown on ``input_node`` (None before :func:`show_atlas`)."""
     return node_ref(input_node, REF_ATLAS)
