@@ -287,15 +287,18 @@ def test_session_worker_refuses_a_client_without_the_gateways_secret(web_server)
 
 def test_web_app_takes_a_zipped_dicom_series(web_server, tmp_path):
     import asyncio
+    import gzip
     import http.cookiejar
     import io
+    import time
+    import urllib.error
     import urllib.request
     import zipfile
 
     url, proc, log = web_server
     arr, aff = head_t1()
     folder = tmp_path / "series"
-    write_series(folder, arr.astype(np.int16), aff)
+    uid = write_series(folder, arr.astype(np.int16), aff)
     blob = io.BytesIO()
     with zipfile.ZipFile(blob, "w", zipfile.ZIP_DEFLATED) as zf:
         for f in sorted(folder.iterdir()):
@@ -317,3 +320,21 @@ def test_web_app_takes_a_zipped_dicom_series(web_server, tmp_path):
     assert page["has_scan"] and not page["message"], page["message"]
     assert page["scan_name"] == "Doe_Jane" and page["scan_info"].startswith("80 x 96 x 80 voxels, 2.00 x 2.00 x 2.00")
     assert PATIENT_NAME not in json.dumps(page, default=str) and PATIENT_ID not in json.dumps(page, default=str)
+    # Diagnose, as the page's button does (its trigger, read from the page's own template)
+    button = re.search(r'<VBtn[^>]*id="diagnose"[^>]*>', json.dumps(state["result"], default=str).replace('\\"', '"'))
+    name = re.search(r"trigger\('([^']+)'", button.group(0)).group(1)
+    asyncio.run(ws_rpc(url.replace("http", "ws") + "ws", secret, [("trame.trigger", [name, [], {}])],
+                       headers={"Cookie": cookie}))
+    deadline = time.monotonic() + 240
+    while True:
+        try:
+            report = json.loads(browser.open(url + "download/report.json", timeout=30).read())
+            break
+        except urllib.error.HTTPError:
+            assert time.monotonic() < deadline, "no result within 240 s"
+            time.sleep(1.0)
+    assert report["input"]["series_uid"] == uid and report["input"]["shape"] == list(arr.shape)
+    rel = nib.Nifti1Image.from_bytes(gzip.decompress(browser.open(url + "download/relevance.nii.gz").read()))
+    assert rel.shape == arr.shape
+    np.testing.assert_allclose(rel.affine, aff, atol=1e-5)
+    assert PATIENT_NAME not in json.dumps(report) and PATIENT_ID not in json.dumps(report)
