@@ -208,7 +208,7 @@ def _orientation(images: list, where) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return r, c, n / np.linalg.norm(n), spacings[0]
 
 
-def _check_stack(pos: np.ndarray, s: np.ndarray, n: np.ndarray, pixel: float, expected: int | None, where) -> float:
+def _check_stack(pos: np.ndarray, s: np.ndarray, n: np.ndarray, pixel: float, where) -> float:
     """Refuse tilted, duplicated, gapped or irregular stacks; returns the slice spacing (mm)."""
     tol = POSITION_TOLERANCE * pixel
     lateral = (pos - pos[0]) - np.outer(s - s[0], n)
@@ -233,9 +233,6 @@ def _check_stack(pos: np.ndarray, s: np.ndarray, n: np.ndarray, pixel: float, ex
                              f"{len(s)} where the spacing is {unit:.3g} mm", where)
         raise InputError(f"non-uniform slice spacing (from {unit:.3g} to {gaps.max():.3g} mm); "
                          "resample it to a regular grid first", where)
-    if expected is not None and expected > len(s):
-        raise InputError(f"{expected - len(s)} missing slice(s): the series declares {expected} images "
-                         f"(ImagesInAcquisition) and {len(s)} are here", where)
     return float((s[-1] - s[0]) / (len(s) - 1))
 
 
@@ -249,11 +246,9 @@ def series_geometry(images: list, where) -> tuple[list, np.ndarray, tuple[int, i
     s = pos @ n
     order = np.argsort(s, kind="stable")
     pos, s = pos[order], s[order]
-    try:
-        expected = int(images[0][1].get("ImagesInAcquisition")) or None
-    except (TypeError, ValueError):
-        expected = None
-    dz = _check_stack(pos, s, n, float(min(dr, dc)), expected, where)
+    # ImagesInAcquisition is not compared: a multi-echo acquisition split into one series per echo declares
+    # the images of all echoes, so it would refuse good series; slices missing at either end go unnoticed
+    dz = _check_stack(pos, s, n, float(min(dr, dc)), where)
     lps = np.eye(4)
     lps[:3, 0], lps[:3, 1], lps[:3, 2], lps[:3, 3] = r * dc, c * dr, n * dz, pos[0]
     affine = check_affine(LPS_TO_RAS @ lps, where)
