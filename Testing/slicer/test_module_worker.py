@@ -24,7 +24,7 @@ from addiagnosis.worker.process import StartError
 from conftest import make_scan
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support" / "slicer_standins"))
-from launcher import group_processes, make_launcher, rss_mb  # noqa: E402
+from launcher import gone_within, group_processes, make_launcher, rss_mb, slicer_with_a_worker  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process groups read from /proc")
 
@@ -35,15 +35,6 @@ def wait(job, limit=180.0):
         time.sleep(0.02)
         assert time.monotonic() - t0 < limit
     return job
-
-
-def gone_within(group, limit=1.0):
-    """Seconds until no process of ``group`` is alive (fails after ``limit``)."""
-    t0 = time.perf_counter()
-    while group_processes(group):
-        assert time.perf_counter() - t0 < limit, f"still alive: {group_processes(group)}"
-        time.sleep(0.005)
-    return time.perf_counter() - t0
 
 
 @pytest.fixture(scope="module")
@@ -148,27 +139,11 @@ def test_the_time_limit_ends_the_whole_tree(scan, python_slicer, private_tmp):
     assert seconds_text(600.0) == "600" and seconds_text(0.25) == "0.25"
 
 
-GUI = """
-import sys, time
-from addiagnosis.worker.client import WorkerProcess
-w = WorkerProcess(sys.argv[1])
-while w.ready is None:
-    w.read(); time.sleep(0.01)
-print(w.group, flush=True)
-time.sleep(600)
-"""
-
-
 def test_the_worker_leaves_when_its_parent_is_killed(python_slicer):
-    gui = subprocess.Popen([sys.executable, "-c", GUI, python_slicer], stdout=subprocess.PIPE, text=True)
-    try:
-        group = int(gui.stdout.readline())
+    with slicer_with_a_worker(python_slicer) as (gui, group):
         assert len(group_processes(group)) == 2
         gui.kill()  # Slicer crashed: nobody calls stop()
         assert gone_within(group, limit=2.0) < 2.0
-    finally:
-        gui.kill()
-        gui.wait()
 
 
 def test_the_watchdog_also_polls_the_parent_process(tmp_path):

@@ -5,12 +5,15 @@ its CHILD with the same arguments and standard streams, waits for it and exits w
 signal: killing the launcher leaves the child running. ``make_launcher`` writes such a ``PythonSlicer`` (a
 Python script: the parent process) into a folder; put the folder first on PATH and the module finds it as it
 finds Slicer's. ``group_processes`` lists the live processes of a process group (Linux /proc), what the tests
-use to show that nothing of a job is left.
+use to show that nothing of a job is left; ``slicer_with_a_worker`` is a Slicer process that a test can kill.
 """
 
+import contextlib
 import os
 import stat
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 LAUNCHER = """#!{launcher_python} -IS
@@ -64,3 +67,37 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024.0
     return 0.0
+
+
+def gone_within(group: int, limit: float = 1.0) -> float:
+    """Seconds until no process of ``group`` is alive (SIGKILL goes to the group; a child is gone a moment
+    later); fails after ``limit``."""
+    t = time.perf_counter()
+    while group_processes(group):
+        assert time.perf_counter() - t < limit, f"still alive after {limit} s: {group_processes(group)}"
+        time.sleep(0.005)
+    return time.perf_counter() - t
+
+
+SLICER_WITH_A_WORKER = """
+import sys, time
+from addiagnosis.worker.client import WorkerProcess
+w = WorkerProcess(sys.argv[1])
+while w.ready is None:
+    w.read(); time.sleep(0.01)
+print(w.group, flush=True)
+time.sleep(600)
+"""
+
+
+@contextlib.contextmanager
+def slicer_with_a_worker(python_slicer):
+    """A stand-in Slicer process that starts a worker through ``python_slicer`` and then only waits (a test kills
+    it as a crash would: no cleanup runs); yields (that process, the worker's process group)."""
+    gui = subprocess.Popen([sys.executable, "-c", SLICER_WITH_A_WORKER, str(python_slicer)], stdout=subprocess.PIPE,
+                           text=True)
+    try:
+        yield gui, int(gui.stdout.readline())
+    finally:
+        gui.kill()
+        gui.wait()

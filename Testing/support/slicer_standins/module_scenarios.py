@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -27,7 +26,7 @@ sys.path.insert(0, str(HERE))
 
 import qt  # noqa: E402  (stand-in)
 import slicer_app  # noqa: E402
-from launcher import group_processes, rss_mb  # noqa: E402
+from launcher import gone_within, group_processes, rss_mb, slicer_with_a_worker  # noqa: E402
 
 TAG = os.environ.get("ADDIAGNOSIS_SLICER_TAG", "v5.10.0")
 METRICS = os.environ.get("ADDIAGNOSIS_SLICER_METRICS")
@@ -52,15 +51,6 @@ def event_loop(widget, gil_held, limit=300.0, until=None, tick_s=TICK_S):
         widget._timer.tick()
         assert time.perf_counter() - t0 < limit, "the diagnosis did not finish"
     return time.perf_counter() - t0
-
-
-def gone_within(group, limit=1.0):
-    """Seconds until no process of ``group`` is alive (SIGKILL went to the group; a child goes a moment later)."""
-    t = time.perf_counter()
-    while group_processes(group):
-        assert time.perf_counter() - t < limit, f"still alive after {limit} s: {group_processes(group)}"
-        time.sleep(0.005)
-    return time.perf_counter() - t
 
 
 def leftovers():
@@ -501,12 +491,14 @@ def test_quality_verdicts_are_in_sight(app, variant):
     try:
         result = _diagnose(w)
         label = w.ui.verdictLabel
+        reasons = "; ".join(r["detail"] for r in result.qc["reasons"] if r["verdict"] != "pass")
         assert label.visible and "\n" not in label.text
         if variant == "cropped":
-            assert result.qc["verdict"] == "warn" and label.text.startswith("check: registration to the template")
+            assert result.qc["verdict"] == "warn" and label.text == "check: " + reasons and "registration" in reasons
             assert "#fff3b0" in label.styleSheet and w.ui.predictedLabel.text.startswith(result.predicted)
         else:
-            assert result.qc["verdict"] == "fail" and label.text.startswith("not interpretable: weak or no tissue")
+            assert result.qc["verdict"] == "fail" and label.text == "not interpretable: " + reasons
+            assert "contrast" in reasons
             assert "#f8c5c5" in label.styleSheet and w.ui.predictedLabel.text.startswith("No diagnosis")
             assert w.ui.probabilitiesLabel.styleSheet == "color: gray;"
             plot_view = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLPlotViewNode")
@@ -555,33 +547,12 @@ def test_a_failed_start_is_one_clear_line_and_leaves_nothing(app, python, tmp_pa
     assert not module.ADDiagnosisLogic.workerRunning()
 
 
-GUI = """
-import sys, time
-from addiagnosis.worker.client import WorkerProcess
-w = WorkerProcess(sys.argv[1])
-while w.ready is None:
-    w.read(); time.sleep(0.01)
-print(w.group, flush=True)
-time.sleep(600)
-"""
-
-
 def test_a_killed_slicer_leaves_no_worker(app):
     """Slicer crashes (SIGKILL: no cleanup runs): the worker's watchdog ends it."""
-    gui = subprocess.Popen([sys.executable, "-c", GUI, shutil.which("PythonSlicer")], stdout=subprocess.PIPE,
-                           text=True)
-    try:
-        group = int(gui.stdout.readline())
+    with slicer_with_a_worker(shutil.which("PythonSlicer")) as (gui, group):
         assert len(group_processes(group)) == 2
         gui.kill()
-        t = time.perf_counter()
-        while group_processes(group):
-            assert time.perf_counter() - t < 2.0, group_processes(group)
-            time.sleep(0.01)
-        measured["parent_killed_to_no_worker_s"] = round(time.perf_counter() - t, 3)
-    finally:
-        gui.kill()
-        gui.wait()
+        measured["parent_killed_to_no_worker_s"] = round(gone_within(group, limit=2.0), 3)
 
 
 def test_an_idle_worker_leaves_and_slicer_exit_ends_it(app):
