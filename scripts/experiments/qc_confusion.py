@@ -2,6 +2,10 @@
 QC checks and the bundled model's OOD score; a table per kind of input (markdown) and every case (JSON).
 
     python scripts/experiments/qc_confusion.py OUT.json [--n-valid 24] [--n-each 3] [--seed 31] [--package DIR]
+    python scripts/experiments/qc_confusion.py OUT.json --rescore   # OOD again from OUT.npz (a new fit)
+
+Each case's penultimate-layer features go to OUT.npz, so that a package's OOD fit made later can score the
+same cases without registering them again (``--rescore``).
 
 For valid T1 scans the registration's landmark error against the true pose is recorded too, so that a QC fail
 caused by a registration that really failed can be told from a false alarm.
@@ -31,20 +35,37 @@ from addiagnosis.prep.physical import prepare  # noqa: E402
 from addiagnosis.research import qcset  # noqa: E402
 
 
-def run_case(d: Diagnoser, vol, pose) -> dict:
+def run_case(d: Diagnoser, vol, pose) -> tuple[dict, np.ndarray | None]:
     t = time.perf_counter()
     try:
         prepared = prepare(vol, d.package.card)
     except AddiagnosisError as exc:  # refused before QC (e.g. no head at all): as good as a fail
-        return {"verdict": "fail", "refused": str(exc), "reasons": [], "ood": None}
+        return {"verdict": "fail", "refused": str(exc), "reasons": [], "ood": None}, None
     reg_s = time.perf_counter() - t
     rec = qc.assess(vol, prepared.info, d.package.card)
-    score = None if d.ood is None else d.ood.score(ood.features(d.model, prepared.tensor)[0])
-    out = qc.with_ood(rec, score)
+    feats = ood.features(d.model, prepared.tensor)[0]
+    out = qc.with_ood(rec, None if d.ood is None else d.ood.score(feats))
     out["registration_s"] = round(reg_s, 3)
     if pose is not None:
         out["landmark_error_mm"] = round(landmark_error(np.asarray(prepared.info["mni_to_input_ras"]), pose), 2)
-    return out
+    return out, feats
+
+
+def rescore(d: Diagnoser, out: Path) -> int:
+    """The OOD records of a finished run again, from its saved features, with the package's (new) fit."""
+    rows = json.loads(out.read_text())
+    with np.load(out.with_suffix(".npz")) as z:
+        feats = {k: z[k] for k in z.files}
+    for r in rows:
+        base = {**r, "reasons": [x for x in r["reasons"] if x["check"] != "ood"]}
+        f = feats.get(r["name"])
+        new = qc.with_ood(base, None if f is None or d.ood is None else d.ood.score(f))
+        if r.get("refused"):
+            new["verdict"] = "fail"
+        r.update(new)
+    out.write_text(json.dumps(rows, indent=1))
+    print(table(rows))
+    return 0
 
 
 def table(rows: list[dict]) -> str:
@@ -79,14 +100,21 @@ def main(argv=None) -> int:
     ap.add_argument("--n-each", type=int, default=3)
     ap.add_argument("--seed", type=int, default=31)
     ap.add_argument("--package", default=None)
+    ap.add_argument("--rescore", action="store_true", help="only score OUT.npz's features with the package's fit")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     d = Diagnoser(a.package)
+    if a.rescore:
+        return rescore(d, a.out)
     d.resolve_method(None)  # the package's own template
-    rows, t0 = [], time.time()
+    rows, feats, t0 = [], {}, time.time()
     for name, group, kind, vol, pose in qcset.cases(a.n_valid, a.n_each, a.seed):
-        r = {"name": name, "group": group, "kind": kind, **run_case(d, vol, pose)}
+        rec, f = run_case(d, vol, pose)
+        r = {"name": name, "group": group, "kind": kind, **rec}
         rows.append(r)
+        if f is not None:
+            feats[name] = f
+            np.savez(a.out.with_suffix(".npz"), **feats)
         bad = [x["check"] for x in r["reasons"] if x["verdict"] != "pass"]
         print(f"{time.time() - t0:6.0f}s {name:30s} {r['verdict']:5s} {bad} ood {r['ood']}", flush=True)
     a.out.write_text(json.dumps(rows, indent=1))

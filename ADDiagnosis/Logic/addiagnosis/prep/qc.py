@@ -48,7 +48,8 @@ QC_THRESHOLDS = {
     # share of the template brain inside the field of view
     "coverage": {"fail_below": 0.85, "warn_below": 0.97},
     # Pearson correlation with the template inside the brain (align's own bound is 0.45)
-    "registration": {"fail_below": 0.45, "warn_below": 0.5, "not_converged": "warn"},
+    # a stage stopped at its iteration cap: "warn" unless the correlation shows the alignment holds
+    "registration": {"fail_below": 0.45, "warn_below": 0.5, "not_converged": "warn", "not_converged_ok_above": 0.6},
     # voxel size in mm: the two finest axes (in plane) and the coarsest (slice thickness)
     "resolution": {"inplane_warn_above": 2.5, "inplane_fail_above": 3.5,
                    "slice_warn_above": 4.5, "slice_fail_above": 6.0},
@@ -163,7 +164,8 @@ def check_registration(reg: dict, t: dict) -> dict:
     verdict = _grade(corr, t["fail_below"], t["warn_below"])
     parts = [f"correlation with the template {corr:.2f}"]
     if not reg.get("converged", True):
-        verdict = worst([verdict, t["not_converged"]])
+        if not corr > t["not_converged_ok_above"]:
+            verdict = worst([verdict, t["not_converged"]])
         parts.append("a stage did not converge")
     what = "registration to the template " + ("looks right" if verdict == "pass" else "is doubtful")
     return _reason("registration", verdict, f"{what} ({', '.join(parts)})")
