@@ -287,3 +287,15 @@ def summary_line(record: dict) -> str:
     bad = [r for r in record.get("reasons", []) if r["verdict"] != "pass"]
     head = "not interpretable" if record.get("verdict") == "fail" else "check the input"
     return f"QC {record.get('verdict', 'pass')} ({head}): " + "; ".join(f"{r['check']}: {r['detail']}" for r in bad)
+
+
+COLUMNS = ("qc_verdict", "qc_reasons", "ood_score", "ood_percentile")  # batch results.tsv (cohort.table)
+
+
+def columns(record: dict | None) -> dict:
+    """The results-table cells of a record: verdict, the non-passing reasons (``check: detail; ...``), OOD."""
+    record = record or {}
+    ood = record.get("ood") or {}
+    bad = [f"{r['check']}: {r['detail']}" for r in record.get("reasons", []) if r["verdict"] != "pass"]
+    return {"qc_verdict": record.get("verdict", ""), "qc_reasons": "; ".join(bad),
+            "ood_score": ood.get("score"), "ood_percentile": ood.get("percentile")}
