@@ -780,19 +780,30 @@ class ADDiagnosisTest(ScriptedLoadableModuleTest):
         self.setUp()
         self.test_ADDiagnosisDefaultModel()
 
+    # A random-weights package, written by Slicer's Python in its own process: torch stays out of the GUI's.
+    TINY_PACKAGE = (
+        "import json, sys\n"
+        "import torch\n"
+        "from addiagnosis.models.network import ClassificationModel3D\n"
+        "from addiagnosis.models.package import write_package\n"
+        "torch.manual_seed(0)\n"
+        "model = ClassificationModel3D(input_shape=(80, 88, 80), n_classes=5).eval()\n"
+        "write_package(sys.argv[1], model.state_dict(), json.loads(sys.argv[2]))\n")
+
     def _tinyPackage(self, folder):
-        import torch
+        import json
 
-        from addiagnosis.models.network import ClassificationModel3D
-        from addiagnosis.models.package import write_package
-
-        torch.manual_seed(0)
-        model = ClassificationModel3D(input_shape=(80, 88, 80), n_classes=5).eval()
         card = {"name": "selftest", "version": "0", "class_names": ["CN", "EMCI", "MCI", "LMCI", "AD"],
                 "input_grid": {"shape": [80, 88, 80], "spacing": [2, 2, 2], "orientation": "RAS"},
                 "preprocessing": {"kind": "physical"}, "intended_use": "self-test only",
                 "training_data": "none (random weights)"}
-        return write_package(os.path.join(folder, "selftest"), model.state_dict(), card)
+        path = os.path.join(folder, "selftest")
+        proc = slicer.util.launchConsoleProcess(  # hides the console window on Windows
+            [ADDiagnosisLogic.workerPython(), "-c", self.TINY_PACKAGE, path, json.dumps(card)],
+            useStartupEnvironment=False, updateEnvironment={"PYTHONPATH": os.pathsep.join(
+                [LOGIC_DIR, *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]])})
+        slicer.util.logProcessOutput(proc)  # waits; raises CalledProcessError if it failed
+        return path
 
     def _scan(self):
         import numpy as np

@@ -640,6 +640,7 @@ def test_module_self_test(app):
     measured["self_test_s"] = round(time.perf_counter() - t, 1)
     assert not [m for m in qt.RECORD["messages"] if m["icon"] == qt.QMessageBox.Critical]
     assert leftovers() == files  # no self-test package folder, no job folder
+    assert "torch" not in sys.modules  # the self-test's package was written by another process
 
 
 def test_reload_re_imports_the_engine(app, monkeypatch):
