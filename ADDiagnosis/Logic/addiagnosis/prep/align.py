@@ -234,6 +234,40 @@ def _one_itk_thread(sitk):
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(old)
 
 
+def _as_affine(sitk, tx):
+    """The same transform as a general affine one (the similarity stage hands over to the affine stages)."""
+    aff_tx = sitk.AffineTransform(3)
+    aff_tx.SetCenter(tx.GetCenter())
+    aff_tx.SetMatrix(tx.GetMatrix())
+    aff_tx.SetTranslation(tx.GetTranslation())
+    return aff_tx
+
+
+def _run_stage(sitk, images, tx, stage, min_step: float, max_iterations: int) -> dict:
+    """One registration stage, updating ``tx`` in place; returns its record for the quality report."""
+    fixed, fmask, moving = images
+    kind, shrink, sigma, step = stage
+    r = sitk.ImageRegistrationMethod()
+    r.SetMetricAsMattesMutualInformation(32)
+    r.SetMetricSamplingStrategy(r.NONE)  # every voxel of the template's head mask at this level
+    r.SetMetricFixedMask(fmask)
+    r.SetInterpolator(sitk.sitkLinear)
+    r.SetOptimizerAsRegularStepGradientDescent(learningRate=step, minStep=min_step,
+                                               numberOfIterations=int(max_iterations),
+                                               relaxationFactor=0.5, gradientMagnitudeTolerance=1e-8)
+    r.SetOptimizerScalesFromPhysicalShift()
+    r.SetShrinkFactorsPerLevel([shrink])
+    r.SetSmoothingSigmasPerLevel([sigma])
+    r.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
+    r.SetInitialTransform(tx, inPlace=True)
+    ts = time.perf_counter()
+    r.Execute(fixed, moving)
+    stop = r.GetOptimizerStopConditionDescription()
+    return {"transform": kind, "level_mm": FIXED_SPACING * shrink, "smoothing_mm": sigma,
+            "iterations": int(r.GetOptimizerIteration()), "metric": float(r.GetMetricValue()),
+            "converged": _converged(stop), "stop": stop[:160], "seconds": round(time.perf_counter() - ts, 3)}
+
+
 def register_to_template(volume: Volume, max_iterations: int = MAX_ITERATIONS,
                          min_step: float = MIN_STEP) -> tuple[np.ndarray, dict]:
     """Affine registration; returns ``mni_to_input_ras`` (4x4, MNI RAS mm -> scan RAS mm) and details.
@@ -260,31 +294,9 @@ def register_to_template(volume: Volume, max_iterations: int = MAX_ITERATIONS,
     with _one_itk_thread(sitk):
         for kind, shrink, sigma, step in STAGES:
             if kind == "affine" and not isinstance(tx, sitk.AffineTransform):
-                aff_tx = sitk.AffineTransform(3)
-                aff_tx.SetCenter(tx.GetCenter())
-                aff_tx.SetMatrix(tx.GetMatrix())
-                aff_tx.SetTranslation(tx.GetTranslation())
-                tx = aff_tx
-            r = sitk.ImageRegistrationMethod()
-            r.SetMetricAsMattesMutualInformation(32)
-            r.SetMetricSamplingStrategy(r.NONE)  # every voxel of the template's head mask at this level
-            r.SetMetricFixedMask(fmask)
-            r.SetInterpolator(sitk.sitkLinear)
-            r.SetOptimizerAsRegularStepGradientDescent(learningRate=step, minStep=min_step,
-                                                       numberOfIterations=int(max_iterations),
-                                                       relaxationFactor=0.5, gradientMagnitudeTolerance=1e-8)
-            r.SetOptimizerScalesFromPhysicalShift()
-            r.SetShrinkFactorsPerLevel([shrink])
-            r.SetSmoothingSigmasPerLevel([sigma])
-            r.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
-            r.SetInitialTransform(tx, inPlace=True)
-            ts = time.perf_counter()
-            r.Execute(fixed, moving)
-            stop = r.GetOptimizerStopConditionDescription()
-            stages.append({"transform": kind, "level_mm": FIXED_SPACING * shrink, "smoothing_mm": sigma,
-                           "iterations": int(r.GetOptimizerIteration()), "metric": float(r.GetMetricValue()),
-                           "converged": _converged(stop), "stop": stop[:160],
-                           "seconds": round(time.perf_counter() - ts, 3)})
+                tx = _as_affine(sitk, tx)
+            stages.append(_run_stage(sitk, (fixed, fmask, moving), tx, (kind, shrink, sigma, step),
+                                     min_step, max_iterations))
     m_lps = transform_matrix(tx)
     mni_to_input = FLIP @ m_lps @ FLIP
     converged = all(s["converged"] for s in stages)
