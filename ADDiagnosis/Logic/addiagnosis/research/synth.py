@@ -248,6 +248,40 @@ def erode_atrophy(params: dict):
     return brain.astype(np.float32), disease
 
 
+def _scanner_pose(rng, params: dict):
+    """Pose and field of view: scanner = R @ mni + t; output grid axes in a random storage orientation.
+    Returns (scanner_from_mni, output shape, output IJK->RAS)."""
+    R = rotation(params["rotation_deg"])
+    t = np.asarray(params["translation_mm"])
+    scanner_from_mni = np.eye(4)
+    scanner_from_mni[:3, :3] = R
+    # the brain centre (MNI (0, -18, 18)) lands at t, i.e. near the scanner origin and the FOV centre
+    scanner_from_mni[:3, 3] = t - R @ np.array([0.0, -18.0, 18.0])
+    P = _orientation_matrix(rng)
+    if params.get("orientation") is not None:  # e.g. "LPS": storage axes, as a signed permutation
+        P = _orientation_from_code(params["orientation"])
+    if params.get("grid_rotation_deg") is not None:  # oblique acquisition grid
+        P = rotation(params["grid_rotation_deg"]) @ P
+    spacing = np.asarray(params["spacing"])
+    out_shape = np.maximum(np.round(np.abs(P.T) @ np.asarray(params["fov_mm"]) / spacing), 16).astype(int)
+    out_aff = np.eye(4)
+    out_aff[:3, :3] = P @ np.diag(spacing)
+    centre_scanner = np.asarray(params["fov_offset_mm"])
+    out_aff[:3, 3] = centre_scanner - out_aff[:3, :3] @ ((out_shape - 1) / 2.0)
+    return scanner_from_mni, out_shape, out_aff
+
+
+def _bias_and_noise(rng, scan: np.ndarray, params: dict) -> np.ndarray:
+    """Bias field and Rician noise on the scan grid; int16 as a scanner stores it."""
+    bias = np.exp(_smooth_field(rng, scan.shape, (3, 3, 3), params["bias"] / 2.0))
+    scan = scan * bias
+    sigma = params["noise"]
+    n1 = rng.normal(0.0, sigma, scan.shape).astype(np.float32)
+    n2 = rng.normal(0.0, sigma, scan.shape).astype(np.float32)
+    scan = np.sqrt((scan + n1) ** 2 + n2**2)
+    return np.clip(scan * 1000.0, 0, 32000).astype(np.int16)
+
+
 def make_subject(params: dict):
     """Build one subject from its parameters: returns (scan Volume, atrophy mask Volume, pose dict)."""
     from scipy import ndimage
@@ -274,38 +308,14 @@ def make_subject(params: dict):
     warped = ndimage.map_coordinates(brain, coords, order=1, mode="constant", cval=0.0)
     warped_disease = ndimage.map_coordinates(disease, coords, order=1, mode="constant", cval=0.0)
     warped = np.clip(warped, 0.0, None) ** params["gamma"]
-    # --- pose and field of view: scanner = R @ mni + t; output grid axes in a random storage orientation
-    R = rotation(params["rotation_deg"])
-    t = np.asarray(params["translation_mm"])
-    scanner_from_mni = np.eye(4)
-    scanner_from_mni[:3, :3] = R
-    # the brain centre (MNI (0, -18, 18)) lands at t, i.e. near the scanner origin and the FOV centre
-    scanner_from_mni[:3, 3] = t - R @ np.array([0.0, -18.0, 18.0])
-    P = _orientation_matrix(rng)
-    if params.get("orientation") is not None:  # e.g. "LPS": storage axes, as a signed permutation
-        P = _orientation_from_code(params["orientation"])
-    if params.get("grid_rotation_deg") is not None:  # oblique acquisition grid
-        P = rotation(params["grid_rotation_deg"]) @ P
-    spacing = np.asarray(params["spacing"])
-    out_shape = np.maximum(np.round(np.abs(P.T) @ np.asarray(params["fov_mm"]) / spacing), 16).astype(int)
-    out_aff = np.eye(4)
-    out_aff[:3, :3] = P @ np.diag(spacing)
-    centre_scanner = np.asarray(params["fov_offset_mm"])
-    out_aff[:3, 3] = centre_scanner - out_aff[:3, :3] @ ((out_shape - 1) / 2.0)
+    scanner_from_mni, out_shape, out_aff = _scanner_pose(rng, params)
     # output ijk -> scanner -> mni -> atlas ijk
     atlas_from_out = np.linalg.inv(A.affine) @ np.linalg.inv(scanner_from_mni) @ out_aff
     mat, off = atlas_from_out[:3, :3], atlas_from_out[:3, 3]
     scan = ndimage.affine_transform(warped, mat, off, output_shape=tuple(out_shape), order=1, cval=0.0)
     mask = ndimage.affine_transform(warped_disease, mat, off, output_shape=tuple(out_shape), order=1,
                                     cval=0.0)
-    # --- bias field and Rician noise on the scan grid
-    bias = np.exp(_smooth_field(rng, tuple(out_shape), (3, 3, 3), params["bias"] / 2.0))
-    scan = scan * bias
-    sigma = params["noise"]
-    n1 = rng.normal(0.0, sigma, scan.shape).astype(np.float32)
-    n2 = rng.normal(0.0, sigma, scan.shape).astype(np.float32)
-    scan = np.sqrt((scan + n1) ** 2 + n2**2)
-    scan = np.clip(scan * 1000.0, 0, 32000).astype(np.int16)
+    scan = _bias_and_noise(rng, scan, params)
     name = params.get("participant_id", "subject")
     vol = Volume(scan, out_aff, name)
     mvol = Volume((mask > params["mask_threshold"]).astype(np.uint8), out_aff.copy(), name + "_atrophy")
