@@ -61,7 +61,6 @@ def color_table(scene, atlas) -> object:
             node.SetColor(label, atlas.names[label], r, g, b, 1.0)
         else:  # unused label values: no name, so Slicer shows none
             node.SetColor(label, "", 0.0, 0.0, 0.0, 0.0)
-    node.SetNamesInitialised(True)
     scene.AddNode(node)
     return node
 
