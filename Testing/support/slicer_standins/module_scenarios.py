@@ -472,29 +472,30 @@ def test_model_method_and_device_changes_on_the_warm_worker(app, tmp_path, monke
     assert w._parameterNode.model == "addiagnosis-synthetic-demo"
 
 
-@pytest.mark.parametrize("variant", ["cropped", "inverted"])
+@pytest.mark.parametrize("variant", ["coarse", "inverted"])
 def test_quality_verdicts_are_in_sight(app, variant):
-    """A doubtful registration (top 24 slices cut: yellow, "check") and a scan that is no T1 (contrast inverted:
-    red, "not interpretable", no class named as the diagnosis) on the panel and in the results table."""
+    """A scan too coarse for the model (every second voxel in two axes: yellow, "check") and a scan that is no T1
+    (contrast inverted: red, "not interpretable", no class named as the diagnosis), on the panel and in the
+    results table. The reasons are the quality control's own words."""
     slicer, module, parent = app
     w = parent.widgetRepresentation()
     example = w._parameterNode.inputVolume
-    arr = slicer.util.arrayFromVolume(example).astype(np.float32)  # KJI
-    if variant == "cropped":
-        arr[-24:] = 0
-    else:
-        arr = np.where(arr > 0.05 * arr.max(), arr.max() - arr, 0).astype(np.float32)
     from addiagnosis.mrml.scene import node_ijk_to_ras
 
-    node = slicer.util.addVolumeFromArray(arr, ijkToRAS=node_ijk_to_ras(example), name=f"example {variant}")
+    arr, ijk_to_ras = slicer.util.arrayFromVolume(example).astype(np.float32), node_ijk_to_ras(example)  # KJI
+    if variant == "coarse":
+        arr, ijk_to_ras = np.ascontiguousarray(arr[:, ::2, ::2]), ijk_to_ras @ np.diag([2.0, 2.0, 1.0, 1.0])
+    else:
+        arr = np.where(arr > 0.05 * arr.max(), arr.max() - arr, 0).astype(np.float32)
+    node = slicer.util.addVolumeFromArray(arr, ijkToRAS=ijk_to_ras, name=f"example {variant}")
     w._parameterNode.inputVolume = node
     try:
         result = _diagnose(w)
         label = w.ui.verdictLabel
         reasons = "; ".join(r["detail"] for r in result.qc["reasons"] if r["verdict"] != "pass")
         assert label.visible and "\n" not in label.text
-        if variant == "cropped":
-            assert result.qc["verdict"] == "warn" and label.text == "check: " + reasons and "registration" in reasons
+        if variant == "coarse":
+            assert result.qc["verdict"] == "warn" and label.text == "check: " + reasons and "resolution" in reasons
             assert "#fff3b0" in label.styleSheet and w.ui.predictedLabel.text.startswith(result.predicted)
         else:
             assert result.qc["verdict"] == "fail" and label.text == "not interpretable: " + reasons
@@ -714,13 +715,12 @@ def test_a_package_without_its_template_asks_once_for_nilearn(app, tmp_path, mon
     slicer, module, parent = app
     bundled = slicer_app.ROOT / "ADDiagnosis" / "Resources" / "Models" / "addiagnosis-synthetic-demo"
     pkg = tmp_path / "models" / "demo-no-template"
-    pkg.mkdir(parents=True)
+    shutil.copytree(bundled, pkg)  # every file the package carries (weights, OOD model, ...) but its template
     card = json.loads((bundled / "card.json").read_text())
     card["name"] = "demo-no-template"
     card["default"] = False
-    del card["preprocessing"]["template_assets"]
+    (pkg / card["preprocessing"].pop("template_assets")["file"]).unlink()
     (pkg / "card.json").write_text(json.dumps(card))
-    shutil.copy(bundled / "weights.pt", pkg / "weights.pt")
     monkeypatch.setenv("ADDIAGNOSIS_MODEL_PATH", str(tmp_path / "models"))
     blocker = _block(["nilearn"])
     installed = []
