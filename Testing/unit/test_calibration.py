@@ -145,13 +145,15 @@ def bundled():
 
 
 def test_bundled_card_records_calibration_per_cohort(bundled):
+    """The card's figures (docs/training.md): ECE <= 0.05 after calibration on generator A (not on B, where a
+    single temperature cannot help: docs), 90 % sets covering at least 87 % of both test cohorts."""
     calib, conf = bundled.card["calibration"], bundled.card["conformal"]
-    assert calib["temperature"] > 0 and conf["coverage"] == 0.9
+    assert calib["temperature"] > 0 and conf["coverage"] == 0.9 and conf["threshold"] == conf["thresholds"]["0.9"]
+    assert calib["by_cohort"]["A-default"]["ece_after"] <= 0.05 < calib["by_cohort"]["A-default"]["ece_before"]
     for name in ("A-default", "B-erode"):
-        c = calib["by_cohort"][name]
-        assert c["ece_after"] <= 0.05 and c["n"] == 100
-        assert abs(conf["by_cohort"][name]["coverage"] - 0.9) <= 0.03
-        assert conf["by_cohort"][name]["mean_set_size"] >= 1
+        assert calib["by_cohort"][name]["n"] == 100
+        assert conf["by_cohort"][name]["coverage"] >= 0.87
+        assert 1 <= conf["by_cohort"][name]["mean_set_size"] < 1.5
 
 
 def test_fresh_cohort_is_covered(bundled, tmp_path):
@@ -165,7 +167,8 @@ def test_fresh_cohort_is_covered(bundled, tmp_path):
     hits, sizes = [], []
     for seed, atrophy in ((31, "default"), (32, "erode")):
         out = tmp_path / atrophy
-        synth.generate(10, out, seed=seed, workers=2, options={"atrophy": atrophy, **synth.WIDE_VARIETY},
+        # one process: forking after torch has started its threads can deadlock the workers
+        synth.generate(10, out, seed=seed, workers=1, options=synth.generator_options(atrophy, "wide"),
                        progress=None)
         for it in load_items(out):
             res = d.run(read_nifti(it.path), target="")
@@ -176,6 +179,7 @@ def test_fresh_cohort_is_covered(bundled, tmp_path):
             assert abs(sum(res.probabilities.values()) - 1) < 1e-9
             hits.append(it.label in res.prediction_set)
             sizes.append(len(res.prediction_set))
+    print(f"fresh cohort: {sum(hits)}/{len(hits)} sets hold the true stage, mean size {np.mean(sizes):.2f}")
     # 20 draws at 90 % coverage: 16 or more hold the true stage with probability 0.96
     assert sum(hits) >= 16, (sum(hits), sizes)
     assert np.mean(sizes) < 3

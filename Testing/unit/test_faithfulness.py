@@ -78,15 +78,18 @@ def test_summary_counts_scans_that_beat_random(scan):
 
 
 def test_bundled_model_default_map_beats_random_on_the_example_scan():
+    """What ``diagnose --faithfulness`` adds to report.json, for the bundled model's example AD scan."""
     from addiagnosis.engine import Diagnoser
     from addiagnosis.io.volume import read_nifti
     from addiagnosis.resources import default_scan
 
     d = Diagnoser()
-    g = d.explain_on_grid(read_nifti(default_scan()), "auto", "AD")
-    c = fa.of_explanation(d, g)
-    block = fa.report_block(c, g.method)
-    assert block["method"] == "lrp-reference-alpha1beta0"
+    vol = read_nifti(default_scan())
+    res = d.run(vol, "auto", "AD")
+    block = fa.for_diagnosis(d, vol, res)
+    assert block["method"] == res.method == "lrp-reference-alpha1beta0"
+    assert block["p_scan"] == pytest.approx(res.probabilities["AD"], abs=1e-5)
     assert block["deletion_faster_than_random"] and block["insertion_faster_than_random"]
     assert block["aopc_deletion"] > block["aopc_deletion_random"]
-    assert len(block["curves"]["deletion"]) == fa.STEPS and c["n_regions"] > 1000
+    assert len(block["curves"]["deletion"]) == fa.STEPS == len(block["curves"]["insertion_random"])
+    assert block["settings"]["region"].startswith("cubes of 4 voxels (8 mm)")

@@ -203,3 +203,11 @@ class Collector:
             spacing = self.diagnoser.package.card.input_grid.spacing
             result["explanation"]["faithfulness"] = {**summarise(self.rows, self.labels),
                                                      "settings": self.settings.describe(spacing)}
+
+
+def for_diagnosis(diagnoser, volume, result, settings: Settings | None = None) -> dict:
+    """report.json's ``faithfulness`` block for a finished diagnosis (``diagnose --faithfulness``): the scan is
+    prepared and explained again (registration is deterministic: the same map) to get the model-grid input."""
+    g = diagnoser.explain_on_grid(volume, result.method, result.target)
+    s = settings or Settings()
+    return report_block(of_explanation(diagnoser, g, s), g.method, s, diagnoser.package.card.input_grid.spacing)
