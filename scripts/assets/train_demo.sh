@@ -65,6 +65,11 @@ $PY -m addiagnosis.cli package record-evaluation "$PKG" "A-default=$WORK/cross/m
     "B-erode=$WORK/cross/mixture__B/metrics.json" \
     --note "scripts/assets/train_demo.sh step 4 (scripts/experiments/cross_generator.py, then addiagnosis package record-evaluation)"
 
+# Calibration (issue 19): `train` now ends by folding a validation-fitted temperature into the weights and
+# recording 90 % conformal thresholds from the held-out test split (card: calibration, conformal). The bundled
+# model was trained before that step and calibrated afterwards with the same split and seeds:
+#   scripts/experiments/calibrate_bundled.py WORK --write   (also records ECE / coverage per test cohort)
+
 # 5. bundle: the package (weights + card) and its registration template (so it runs without nilearn)
 rm -rf ADDiagnosis/Resources/Models/addiagnosis-synthetic-demo
 mkdir -p ADDiagnosis/Resources/Models/addiagnosis-synthetic-demo
