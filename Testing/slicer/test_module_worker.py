@@ -82,6 +82,22 @@ def test_a_warm_worker_runs_many_jobs_with_the_in_process_result_exactly(scan, t
     assert gone_within(worker.group) < 1.0
 
 
+def test_two_callers_on_one_worker_each_get_their_own_result(scan, tiny_package, python_slicer):
+    """The panel and a script (process()) may share the worker: jobs queue, each reads only its own messages."""
+    worker = WorkerProcess(python_slicer)
+    try:
+        jobs = [WorkerJob(scan, str(tiny_package), method, "AD", worker=worker)
+                for method in ("lrp-epsilon", "lrp-alpha1beta0")]
+        t0 = time.monotonic()
+        while not all([job.poll() for job in reversed(jobs)]):  # the second job polls first: it reads both
+            assert time.monotonic() - t0 < 180
+            time.sleep(0.02)
+        assert [job.result.method for job in jobs] == ["lrp-epsilon", "lrp-alpha1beta0"]
+        assert [job.progress for job in jobs] == [("done", 1.0)] * 2
+    finally:
+        worker.stop()
+
+
 @pytest.mark.parametrize("kind", ["constant", "nan", "labels"])
 def test_bad_scans_are_refused_in_one_line_and_the_worker_stays(kind, tiny_package, python_slicer):
     arr = {"constant": np.full((30, 30, 30), 5.0, np.float32),

@@ -47,6 +47,7 @@ class WorkerProcess:
         self.loaded = None  # what the last Load asked for
         self.job_ids = itertools.count(1)
         self._out, self._err = b"", b""
+        self._inbox: dict = {}  # job id -> its messages not yet taken (two callers may share one worker)
 
     @property
     def group(self) -> int:
@@ -87,7 +88,14 @@ class WorkerProcess:
                 self.ready = message
             elif isinstance(message, protocol.Bye):
                 self.bye = message
+            elif getattr(message, "job", -1) >= 0:
+                self._inbox.setdefault(message.job, []).append(message)
         return messages
+
+    def take(self, job: int) -> list:
+        """The messages about ``job`` read so far (reading the pipes first), each handed out once."""
+        self.read()
+        return self._inbox.pop(job, [])
 
     def log(self) -> str:
         """The end of what the worker wrote to stderr (tracebacks, library warnings)."""
@@ -131,9 +139,8 @@ class WorkerJob:
         """Read what the worker sent so far (never waits); returns ``done``."""
         if self.done:
             return True
-        for message in self.worker.read():
-            if getattr(message, "job", None) == self.id:
-                self._on(message)
+        for message in self.worker.take(self.id):
+            self._on(message)
         if self.done:
             return True
         if not self.worker.alive():
