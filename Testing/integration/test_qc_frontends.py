@@ -88,3 +88,40 @@ def test_qc_survives_the_worker_result_file(results, tmp_path):
     back = protocol.read_result(str(tmp_path), {})
     assert back.qc == json.loads(json.dumps(result.qc))
     assert back.qc["verdict"] == "fail"
+
+
+def test_cli_stderr_line_and_strict_qc(tmp_path, capsys, t1):
+    """diagnose: one stderr line for a failed input, exit 2 with --strict-qc, outputs written all the same;
+    batch: qc columns in results.tsv, exit 2 with --strict-qc when a scan failed."""
+    from addiagnosis.cli.main import main
+    from addiagnosis.io.volume import write_nifti
+
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    write_nifti(t2_like(t1), scans / "t2like.nii.gz")
+    write_nifti(t1, scans / "t1.nii.gz")
+    code = main(["diagnose", str(scans / "t2like.nii.gz"), "--out", str(tmp_path / "one"), "--strict-qc", "-q"])
+    out, err = capsys.readouterr()
+    assert code == 2
+    lines = [ln for ln in err.splitlines() if "QC fail" in ln]
+    assert len(lines) == 1 and "t2like" in lines[0] and "not interpretable" in lines[0] and "contrast:" in lines[0]
+    report = json.loads((tmp_path / "one" / "report.json").read_text())
+    assert report["qc"]["verdict"] == "fail" and (tmp_path / "one" / "relevance.nii.gz").exists()
+
+    code = main(["batch", str(scans), "--out", str(tmp_path / "batch"), "--workers", "0", "--strict-qc", "-q",
+                 "--save", "report"])
+    out, err = capsys.readouterr()
+    assert code == 2
+    assert sum("QC fail" in ln for ln in err.splitlines()) == 1
+    import csv
+
+    with open(tmp_path / "batch" / "results.tsv", newline="") as fh:
+        rows = {r["scan_id"]: r for r in csv.DictReader(fh, delimiter="\t")}
+    assert set(qc.COLUMNS) <= set(next(iter(rows.values())))
+    by_name = {k.split("/")[-1]: v for k, v in rows.items()}
+    t1_row = next(v for k, v in by_name.items() if k.startswith("t1"))
+    t2_row = next(v for k, v in by_name.items() if k.startswith("t2like"))
+    assert t1_row["qc_verdict"] == "pass" and t1_row["qc_reasons"] == ""
+    assert t2_row["qc_verdict"] == "fail" and t2_row["qc_reasons"].startswith("contrast: not a T1 contrast")
+    if t1_row["ood_percentile"]:
+        assert 0 <= float(t1_row["ood_percentile"]) <= 100 and float(t2_row["ood_score"]) > float(t1_row["ood_score"])

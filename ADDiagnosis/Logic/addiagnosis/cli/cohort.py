@@ -35,6 +35,7 @@ def add_batch_arguments(p) -> None:
     p.add_argument("--shard", help="K/N: this process does every N-th scan starting at the K-th (K from 1); "
                                    "default from torchrun's RANK/WORLD_SIZE")
     p.add_argument("--strict", action="store_true", help="exit code 2 when any scan failed")
+    p.add_argument("--strict-qc", action="store_true", help="exit code 2 when any scan fails quality control")
     p.add_argument("--retry-errors", action="store_true", help="re-run scans that failed before")
     p.add_argument("--progress", action="store_true", default=None,
                    help="progress even when stderr is not a terminal")
@@ -71,7 +72,18 @@ def run_cli(args) -> int:
         print("addiagnosis: interrupted; finished scans are kept, re-run the same command to finish",
               file=sys.stderr)
         return 130
-    return 2 if (args.strict and summary.failed) else 0
+    return 2 if (args.strict and summary.failed) or (args.strict_qc and qc_failures(summary.table)) else 0
+
+
+def qc_failures(table) -> int:
+    """Rows of a results table whose input failed quality control (issue 18)."""
+    import csv
+
+    try:
+        with open(table, newline="", encoding="utf-8") as fh:
+            return sum(row.get("qc_verdict") == "fail" for row in csv.DictReader(fh, delimiter="\t"))
+    except OSError:
+        return 0
 
 
 def cmd_merge(args) -> int:

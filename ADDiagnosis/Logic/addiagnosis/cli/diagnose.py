@@ -49,7 +49,8 @@ def cmd_diagnose(args) -> int:
         print(json.dumps(report, indent=2))
     else:
         print(summary_text(report, files))
-    return 0
+    failed_qc = (report.get("qc") or {}).get("verdict") == "fail"
+    return 2 if (args.strict_qc and failed_qc) else 0  # the outputs are written either way
 
 
 def diagnose_scan(diagnoser, scan: Path, out, args, progress, t0: float) -> tuple[dict, dict]:
@@ -69,6 +70,10 @@ def diagnose_scan(diagnoser, scan: Path, out, args, progress, t0: float) -> tupl
     timings.update(result.timings)
     for warning in result.warnings:
         print(f"addiagnosis: warning: {display_name(scan)}: {' '.join(str(warning).split())}", file=sys.stderr)
+    if result.qc and result.qc["verdict"] != "pass":  # issue 18: one line for a warn/fail input
+        from addiagnosis.prep.qc import summary_line
+
+        print(f"addiagnosis: {display_name(scan)}: {display_name(summary_line(result.qc))}", file=sys.stderr)
 
     def views(staged):
         if not args.views:
@@ -125,4 +130,6 @@ def register_cli(subparsers) -> None:
     d.add_argument("--no-figures", action="store_true", help="skip overview.png")
     d.add_argument("--progress", action="store_true", help="show progress even when stderr is not a terminal")
     d.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    d.add_argument("--strict-qc", action="store_true", help="exit code 2 when the input fails quality control "
+                                                            "(outputs are still written)")
     d.set_defaults(func=cmd_diagnose)

@@ -48,6 +48,7 @@ class PrepareResult:
     in_shape: list = field(default_factory=list)
     ijk_to_ras: list = field(default_factory=list)
     labels_grid: np.ndarray | None = None
+    qc: dict | None = None  # input quality control (prep.qc.assess) of the scan, before the model
     t_read: float = 0.0
     t_prepare: float = 0.0
     t_worker: float = 0.0
@@ -143,6 +144,9 @@ def prepare_job(job: PrepareJob) -> PrepareResult:
         res.sha256 = vol.meta.get("sha256") or res.sha256
         t1 = time.perf_counter()
         prep = prepare(vol, _WORKER["card"])
+        from addiagnosis.prep.qc import assess
+
+        res.qc = assess(vol, prep.info, _WORKER["card"])  # needs the scan itself: here, in the worker
         t2 = time.perf_counter()
         res.ok, res.tensor, res.info = True, prep.tensor.numpy().reshape(prep.tensor.shape[2:]), prep.info
         res.in_shape, res.ijk_to_ras = list(vol.shape), vol.ijk_to_ras.tolist()
@@ -191,13 +195,13 @@ def _write_files(job: WriteJob, out) -> dict:
     if "overview" in save:
         result = SimpleNamespace(relevance=rel, probabilities=record["probabilities"], predicted=record["predicted"],
                                  target=record["target"], method=record["method"], research_use=RESEARCH_USE,
-                                 model_notice=job.notice)
+                                 model_notice=job.notice, qc=record.get("qc"))
         overview_png(read_scan(job.path), result, out.path("overview.png"))
         files["overview"] = "overview.png"
     if "report" in save:
         files["report"] = "report.json"
         report = {"research_use": RESEARCH_USE, "scan": record, "model": job.model, "preprocessing": job.info,
-                  "files": files}
+                  "qc": record.get("qc"), "files": files}
         out.path("report.json").write_text(json.dumps(report, indent=2) + "\n")
     return files
 

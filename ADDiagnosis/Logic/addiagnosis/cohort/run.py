@@ -358,6 +358,7 @@ class Batch:
             "relevance_positive_sum": float(np.clip(rel, 0, None).sum(dtype=np.float64)),
             "warnings": [str(w) for w in res.info.get("warnings", [])],
         })
+        self.quality(rec, res, g)
         if self.regions is not None:
             labels = res.labels_grid if res.labels_grid is not None else self.regions.grid
             if labels is not None:
@@ -366,6 +367,17 @@ class Batch:
         rec.update(t_read=round(res.t_read, 4), t_prepare=round(res.t_prepare, 4), t_model=round(t_model, 4),
                    t_write=0.0, t_total=round(res.t_worker + t_model, 4))
         return rec, rel
+
+    def quality(self, rec: dict, res: pool.PrepareResult, g) -> None:
+        """The scan's QC record with the model's OOD score (issue 18): in the record, its columns, one stderr line."""
+        from addiagnosis.prep import qc
+
+        ood = self.diagnoser.ood
+        rec["qc"] = qc.with_ood(res.qc or {"verdict": "pass", "reasons": []},
+                                None if ood is None or g.features is None else ood.score(g.features))
+        rec.update(qc.columns(rec["qc"]))
+        if rec["qc"]["verdict"] != "pass":
+            self.log(f"addiagnosis: {display_name(rec['path'])}: {display_name(qc.summary_line(rec['qc']))}")
 
     def written(self, rec: dict, res: pool.WriteResult) -> None:
         rec["t_write"] = round(res.t_write, 4)

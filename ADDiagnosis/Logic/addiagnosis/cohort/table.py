@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from addiagnosis.errors import display_name
 from addiagnosis.files import atomic_file, write_text_atomic
+from addiagnosis.prep.qc import COLUMNS as QC_COLUMNS
 
 if TYPE_CHECKING:
     from addiagnosis.cohort.inputs import Scan
@@ -22,7 +23,7 @@ BASE_COLUMNS = ["scan_id", "subject", "session", "group", "path", "sha256", "sta
                 "target"]
 RESULT_COLUMNS = ["method", "registration_correlation", "registration_quality", "brain_share", "relevance_sum",
                   "relevance_positive_sum", "warnings", "t_read", "t_prepare", "t_model", "t_write", "t_total",
-                  "output"]
+                  "output", *QC_COLUMNS]  # QC_COLUMNS: verdict, reasons, OOD score and percentile (issue 18)
 
 
 def table_columns(scans: list[Scan], classes: list[str], regions: Regions | None) -> list[str]:
