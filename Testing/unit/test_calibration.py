@@ -183,3 +183,12 @@ def test_fresh_cohort_is_covered(bundled, tmp_path):
     # 20 draws at 90 % coverage: 16 or more hold the true stage with probability 0.96
     assert sum(hits) >= 16, (sum(hits), sizes)
     assert np.mean(sizes) < 3
+
+
+def test_results_table_has_the_prediction_set_column():
+    from addiagnosis.cohort.table import RESULT_COLUMNS, row_for
+
+    cols = ["scan_id", "status", "p_LMCI", "p_AD", *RESULT_COLUMNS]
+    row = row_for({"scan_id": "s1"}, {"status": "ok", "probabilities": {"LMCI": 0.4, "AD": 0.6},
+                                      "prediction_set": "LMCI,AD"}, cols, ["LMCI", "AD"])
+    assert row["prediction_set"] == "LMCI,AD" and row["p_AD"] == "0.600000"

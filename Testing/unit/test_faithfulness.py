@@ -93,3 +93,18 @@ def test_bundled_model_default_map_beats_random_on_the_example_scan():
     assert block["aopc_deletion"] > block["aopc_deletion_random"]
     assert len(block["curves"]["deletion"]) == fa.STEPS == len(block["curves"]["insertion_random"])
     assert block["settings"]["region"].startswith("cubes of 4 voxels (8 mm)")
+
+
+def test_diagnose_faithfulness_in_report_json(tmp_path, capsys):
+    """``addiagnosis diagnose --faithfulness``: report.json holds the AOPC block and the 90 % set."""
+    import json
+
+    from addiagnosis.cli.main import main
+
+    assert main(["diagnose", "--faithfulness", "--no-figures", "-q", "--out", str(tmp_path / "out")]) == 0
+    assert "90% prediction set: AD" in capsys.readouterr().out
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["prediction_set"] == {"coverage": 0.9, "classes": ["AD"]}
+    f = report["faithfulness"]
+    assert f["method"] == report["method"] and f["deletion_faster_than_random"] is True
+    assert f["p_scan"] == pytest.approx(report["probabilities"][report["target_class"]], abs=1e-5)

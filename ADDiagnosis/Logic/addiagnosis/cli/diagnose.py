@@ -92,6 +92,11 @@ def diagnose_scan(diagnoser, scan: Path, out, args, progress, t0: float) -> tupl
         report["timings_s"] = {k: round(v, 4) for k, v in timings.items()}
 
     report = result.report(volume)
+    if getattr(args, "faithfulness", False):  # issue 19: deletion/insertion curves against random regions
+        from addiagnosis.research.faithfulness import for_diagnosis
+
+        progress("faithfulness: deletion and insertion curves", 0.88)
+        report["faithfulness"] = for_diagnosis(diagnoser, volume, result)
     files = write_outputs(out, volume, result, report, figures=not args.no_figures, extra=views, finalize=finalize)
     progress("done", 1.0)
     return report, files
@@ -105,6 +110,9 @@ def summary_text(report: dict, files: dict) -> str:
              f"{report['model']['version']}"]
     for name, p in sorted(probs.items(), key=lambda kv: -kv[1]):
         lines.append(f"  {name:<{width}}  {p:6.3f}  {'#' * int(round(p * 30))}")
+    if report.get("prediction_set"):
+        ps = report["prediction_set"]
+        lines.append(f"{ps['coverage']:.0%} prediction set: {', '.join(ps['classes'])}")
     shown = {k: display_name(v) for k, v in files.items()}
     lines.append(f"relevance ({report['method']}) for {report['target_class']} -> {shown['relevance']}")
     lines.append(f"report -> {shown['report']}" + (f", overview -> {shown['overview']}" if "overview" in shown else ""))
@@ -128,6 +136,8 @@ def register_cli(subparsers) -> None:
     d.add_argument("--views", action="store_true",
                    help="also render Slicer's slice and 3D views (needs the slicer-core runtime)")
     d.add_argument("--no-figures", action="store_true", help="skip overview.png")
+    d.add_argument("--faithfulness", action="store_true",
+                   help="also measure deletion/insertion curves against random regions (AOPC in report.json)")
     d.add_argument("--progress", action="store_true", help="show progress even when stderr is not a terminal")
     d.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     d.add_argument("--strict-qc", action="store_true", help="exit code 2 when the input fails quality control "

@@ -88,7 +88,8 @@ def cmd_evaluate(args) -> int:
     pkg = find_package(args.package)
     out = args.out or f"evaluation-{pkg.name}"
     options = EvaluateOptions(method=args.method, target=args.target, limit=args.limit,
-                              randomisation_n=args.randomisation_n, threads=args.threads, stability_n=args.stability)
+                              randomisation_n=args.randomisation_n, threads=args.threads, stability_n=args.stability,
+                              faithfulness_n=args.faithfulness)
     result = evaluate(pkg, args.data, out, options, log=lambda m: print(m, flush=True))
     s = summary(result)
     print(json.dumps(s, indent=1))
@@ -115,6 +116,9 @@ def register_evaluate(subparsers) -> None:
     p.add_argument("--stability", type=int, default=0, metavar="N",
                    help="also measure map stability (stored flipped/padded/resampled, 1 %% and 2 %% input noise) "
                         "and input randomisation on the first N scans")
+    p.add_argument("--faithfulness", type=int, default=0, metavar="N",
+                   help="also measure deletion/insertion curves against random regions on the first N scans that "
+                        "are not of the first class")
     p.add_argument("--record-in-card", action="store_true",
                    help="store the summary in the package's card.json under 'evaluation'")
     p.set_defaults(func=cmd_evaluate)

@@ -359,6 +359,9 @@ class Batch:
             "warnings": [str(w) for w in res.info.get("warnings", [])],
         })
         self.quality(rec, res, g)
+        conformal = self.diagnoser.package.card.conformal  # issue 19: the card's prediction set, comma-separated
+        if conformal is not None:
+            rec["prediction_set"] = ",".join(conformal.classes(rec["probabilities"]))
         if self.regions is not None:
             labels = res.labels_grid if res.labels_grid is not None else self.regions.grid
             if labels is not None:

@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 RESULTS = "results.tsv"
 BASE_COLUMNS = ["scan_id", "subject", "session", "group", "path", "sha256", "status", "error", "predicted",
                 "target"]
-RESULT_COLUMNS = ["method", "registration_correlation", "registration_quality", "brain_share", "relevance_sum",
+RESULT_COLUMNS = ["prediction_set", "method", "registration_correlation", "registration_quality", "brain_share",
+                  "relevance_sum",
                   "relevance_positive_sum", "warnings", "t_read", "t_prepare", "t_model", "t_write", "t_total",
                   "output", *QC_COLUMNS]  # QC_COLUMNS: verdict, reasons, OOD score and percentile (issue 18)
 
