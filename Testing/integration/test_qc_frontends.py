@@ -125,3 +125,23 @@ def test_cli_stderr_line_and_strict_qc(tmp_path, capsys, t1):
     assert t2_row["qc_verdict"] == "fail" and t2_row["qc_reasons"].startswith("contrast: not a T1 contrast")
     if t1_row["ood_percentile"]:
         assert 0 <= float(t1_row["ood_percentile"]) <= 100 and float(t2_row["ood_score"]) > float(t1_row["ood_score"])
+
+
+def test_a_handful_of_the_qc_test_set(diagnoser):
+    """A few cases of research/qcset.py through registration and QC: valid T1s do not fail, other contrasts,
+    phantoms and very low resolution do (the full set: scripts/experiments/qc_confusion.py, docs/qc.md)."""
+    from addiagnosis.prep.physical import prepare
+
+    card = diagnoser.package.card
+    want = {"t1-default-1.5mm-0": "pass", "t1-default-1x1x3mm-PIR-2": "pass", "flair-2": "fail", "ct-3": "fail",
+            "spheres-0": "fail", "noise-head-2": "fail", "lowres-2": "fail"}
+    cases = [*qcset.valid_cases(3, 31), *qcset.contrast_cases(1, 31), *qcset.phantom_cases(1, 31)]
+    cases += [c for c in qcset.degraded_cases(1, 31) if c[2] == "lowres"]
+    got = {}
+    for name, _group, _kind, vol, _pose in cases:
+        if name in want:
+            rec = qc.assess(vol, prepare(vol, card).info, card)
+            got[name] = rec["verdict"]
+            if want[name] == "fail":
+                assert any(r["verdict"] == "fail" for r in rec["reasons"])
+    assert got == want
