@@ -25,13 +25,16 @@ from addiagnosis.prep.template import ASSETS_KEY
 
 
 def verify_checksums(folder: str | os.PathLike, card: ModelCard | None = None, template: bool = True) -> None:
-    """The package's weights (and, with ``template``, its template file) match their SHA-256 in the card."""
+    """The package's weights (and, with ``template``, its template and OOD files) match their SHA-256 in the card."""
     folder = Path(folder)
     card = card or read_card(folder)
     files = [(folder / card.weights.file, card.weights.sha256, "weights file")]
     entry = (card.raw.get("preprocessing") or {}).get(ASSETS_KEY)
     if template and isinstance(entry, dict):
         files.append((folder / str(entry.get("file", "")), str(entry.get("sha256", "")), "template file"))
+    ood = card.raw.get("ood")  # the OOD fit (issue 18), when the package has one
+    if template and isinstance(ood, dict):
+        files.append((folder / str(ood.get("file", "")), str(ood.get("sha256", "")), "OOD file"))
     for path, want, what in files:
         if not path.is_file():
             raise ModelError(f"the model package's {what} is missing", path)
