@@ -213,3 +213,6 @@ def test_attach_writes_the_fit_into_a_package_under_its_checksum(tmp_path):
     fit = ood.load(pkg.path, written, model.state_dict())
     assert fit.threshold == pytest.approx(np.percentile(fit.val_scores, 95.0))
     assert fit.score(ood.features(model, X[6:7])[0])["percentile"] >= 25.0  # a validation scan counts itself
+    (pkg.path / entry["file"]).write_bytes(b"tampered")
+    with pytest.raises(ModelError, match="OOD file does not match"):
+        verify_checksums(pkg.path)
