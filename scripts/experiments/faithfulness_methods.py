@@ -31,6 +31,7 @@ def main(argv=None) -> int:
     ap.add_argument("work", type=Path)
     ap.add_argument("--package", default=str(ROOT / "ADDiagnosis/Resources/Models/addiagnosis-synthetic-demo"))
     ap.add_argument("--alpha", type=float, nargs="*", default=[])
+    ap.add_argument("--methods", nargs="*", default=None, help="only these methods (default: all)")
     ap.add_argument("--limit", type=int, default=None, help="AD scans per cohort")
     ap.add_argument("--out", type=Path, default=Path("faithfulness-methods.json"))
     a = ap.parse_args(argv)
@@ -44,7 +45,7 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(2)
     d = Diagnoser(a.package)
-    methods = METHODS + [register_alpha(x) for x in a.alpha]
+    methods = (a.methods or METHODS) + [register_alpha(x) for x in a.alpha]
     for m in methods:
         d.resolve_method(m)
     ref = faithfulness.reference_of(d)
