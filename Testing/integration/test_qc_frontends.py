@@ -11,6 +11,7 @@ import json
 
 import numpy as np
 import pytest
+from contrasts import t2_like
 
 from addiagnosis.engine import get_diagnoser
 from addiagnosis.io.report import write_outputs
@@ -18,14 +19,6 @@ from addiagnosis.io.volume import read_nifti
 from addiagnosis.prep import qc
 from addiagnosis.research import qcset
 from addiagnosis.resources import default_scan
-
-
-def t2_like(vol):
-    """The example scan with its tissue intensities remapped as a T2 scan shows them (CSF bright, WM dark)."""
-    a = np.asarray(vol.array, dtype=np.float32)
-    wm = float(np.percentile(a[a > 0.3 * a.max()], 75))  # the brightest tissue of a T1: white matter
-    out = np.interp(a / wm, qcset.T1_KNOTS, qcset.REMAPS["t2"]) * 1000.0
-    return vol.like(out.astype(np.int16), vol.name + "-t2")
 
 
 @pytest.fixture(scope="module")

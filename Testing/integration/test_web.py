@@ -41,6 +41,8 @@ if not Path(CHROMIUM).exists():
     pytest.skip("Debian's chromium is not installed (apt-get install chromium chromium-driver)",
                 allow_module_level=True)
 
+from contrasts import t2_like  # noqa: E402
+
 from addiagnosis.mrml.views import egl_available  # noqa: E402
 
 OK, WHY = egl_available()
@@ -134,6 +136,15 @@ def cropped_scan(folder: Path) -> Path:
     aff[:3, 3] = (img.affine @ np.array([4, 2, 3, 1.0]))[:3]
     path = folder / "other-subject.nii.gz"
     nib.save(nib.Nifti1Image(data, aff), path)
+    return path
+
+
+def t2_scan(folder: Path) -> Path:
+    """The example scan remapped to a T2-like contrast: the quality control fails it."""
+    from addiagnosis.io.volume import read_nifti, write_nifti
+
+    path = folder / "t2-like.nii.gz"
+    write_nifti(t2_like(read_nifti(default_scan())), path)
     return path
 
 
@@ -243,7 +254,8 @@ def check_layout(page, size: str) -> None:
         element.scroll_into_view_if_needed()
         box = element.bounding_box()
         assert box and box["x"] >= 0 and box["y"] >= 0, (size, selector, box)
-        assert box["x"] + box["width"] <= 360 and box["y"] + box["height"] <= height, (size, selector, box)
+        # whole on screen, to the pixel (scrolling into view can leave a fraction of a pixel past the edge)
+        assert box["x"] + box["width"] <= 360 and box["y"] + box["height"] <= height + 1, (size, selector, box)
     overflow = page.evaluate("() => { const p = document.querySelector('.v-navigation-drawer__content');"
                              " return [p.scrollWidth - p.clientWidth, getComputedStyle(p).overflowY]; }")
     assert overflow == [0, "scroll"], (size, overflow)  # nothing cut sideways; the panel scrolls (cue: its bar)
@@ -317,6 +329,11 @@ def test_web_app_in_browser(server, cli_reference, browser, tmp_path):
         assert a.locator("#research-use").inner_text().strip() == RESEARCH_USE
         assert a.locator("#research-use").is_visible()
         assert "synthetic data" in a.inner_text("#notice")
+        assert not a.locator("#verdict").count()  # the example passes the quality control: no line
+        if report.get("prediction_set"):  # the card's conformal sets: "90 % set: ..."
+            want = f"{100 * report['prediction_set']['coverage']:.0f} % set: " + ", ".join(
+                report["prediction_set"]["classes"])
+            assert a.inner_text("#prediction-set").strip() == want
         for view in ("axial", "coronal", "sagittal"):
             png = a.locator(f"#view-{view} img").first.screenshot()
             assert grey_pixels(png) > 2000, view  # the scan is drawn
@@ -433,6 +450,16 @@ def test_web_app_in_browser(server, cli_reference, browser, tmp_path):
         check_layout(b, "1280x720")
         rep_a = a.request.get(url + "download/report.json").json()
         assert rep_a["input"]["shape"] == list(example.shape)
+
+        # ---- a scan in another contrast: shown as not interpretable, never like a good result -----------------
+        b.set_input_files("#file-input", str(t2_scan(tmp_path)))
+        b.wait_for_selector("#result", state="detached")
+        b.click("#diagnose")
+        b.wait_for_selector("#verdict")
+        assert b.inner_text("#verdict").startswith("not interpretable:") and "contrast" in b.inner_text("#verdict")
+        assert "fail" in b.get_attribute("#verdict", "class")
+        assert "addiagnosis-failed" in b.get_attribute("#result", "class")
+        assert b.request.get(url + "download/report.json").json()["qc"]["verdict"] == "fail"
     except Exception:
         print(server["log"].read_text())
         print(server["output"].read_text(errors="replace")[-4000:])

@@ -289,6 +289,20 @@ def summary_line(record: dict) -> str:
     return f"QC {record.get('verdict', 'pass')} ({head}): " + "; ".join(f"{r['check']}: {r['detail']}" for r in bad)
 
 
+def verdict_line(record: dict | None, warnings=()) -> tuple[str, str]:
+    """(level, one line) for a front end: ``("pass", "")``, ``("warn", "check: <reasons>")`` or
+    ``("fail", "not interpretable: <reasons>")``; without a QC record, the result's warnings make a warn."""
+    if not record:
+        warnings = [str(w) for w in warnings or ()]
+        return ("warn", "check: " + "; ".join(warnings)) if warnings else ("pass", "")
+    level = record.get("verdict", "pass")
+    if level not in ("warn", "fail"):
+        return "pass", ""
+    bad = [str(r.get("detail") or r.get("check")) for r in record.get("reasons", []) if r.get("verdict") != "pass"]
+    head = "not interpretable: " if level == "fail" else "check: "
+    return level, head + ("; ".join(bad) or "quality control flagged this result")
+
+
 COLUMNS = ("qc_verdict", "qc_reasons", "ood_score", "ood_percentile")  # batch results.tsv (cohort.table)
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePath, PureWindowsPath
 
 from addiagnosis.errors import AddiagnosisError
+from addiagnosis.prep.qc import verdict_line
 from addiagnosis.web.common import access_line, write_access
 from addiagnosis.web.session.state import VIEWS, PageState, slice_key
 from addiagnosis.web.session.views import SessionViews
@@ -309,6 +310,9 @@ class Session:
                                 f"{result.model_version}")
             page.notice = result.model_notice or ""
             page.warnings = list(result.warnings)
+            page.verdict, page.verdict_text = verdict_line(result.qc, result.warnings)
+            page.prediction_set = (f"{100 * result.prediction_set_coverage:.0f} % set: "
+                                   + ", ".join(result.prediction_set)) if result.prediction_set else ""
             page.seconds = f"{seconds:.1f} s"
 
     def _write_downloads(self, volume, result) -> None:

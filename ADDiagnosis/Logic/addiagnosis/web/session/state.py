@@ -73,6 +73,9 @@ class PageState:
     result_text = Key("", "result")
     notice = Key("", "result")
     warnings = Key([], "result")
+    verdict = Key("pass", "result")  # the input's quality control: pass / warn / fail (prep.qc)
+    verdict_text = Key("", "result")  # "check: ..." (yellow) or "not interpretable: ..." (red)
+    prediction_set = Key("", "result")  # "90 % set: LMCI, AD" (the card's conformal sets)
     seconds = Key("", "result")
     threshold_text = Key("", "result")  # the Top % threshold as a value and the shares it shows
     downloads_ready = Key(False, "result")

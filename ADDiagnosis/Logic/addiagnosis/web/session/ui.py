@@ -84,12 +84,17 @@ def _result(session) -> None:
 
     html.Div("Method or class changed since this result: Diagnose again to update it.", v_if=f"{S.stale}",
              id="stale", classes="text-caption text-orange")
+    html.Div(f"{{{{ {S.verdict_text} }}}}", v_if=f"{S.has_result} && {S.verdict_text}", id="verdict",
+             classes=(f"'addiagnosis-verdict ' + {S.verdict}",))
     with html.Div(v_if=f"{S.has_result}", id="result",
-                  classes=(f"{S.stale} ? 'd-flex flex-column ga-1 addiagnosis-stale' : 'd-flex flex-column ga-1'",)):
+                  classes=(f"'d-flex flex-column ga-1' + ({S.stale} ? ' addiagnosis-stale' : '')"
+                           f" + ({S.verdict} === 'fail' ? ' addiagnosis-failed' : '')",)):
         with html.Div(classes="text-h6"):
-            html.Span("Predicted ")
+            html.Span(f"{{{{ {S.verdict} === 'fail' ? 'For reference only: ' : 'Predicted ' }}}}")
             html.Span(f"{{{{ {S.predicted} }}}}", id="predicted", classes="text-deep-orange-lighten-1")
             html.Span(f" (p={{{{ {S.predicted_p} }}}})", classes="text-body-2 text-medium-emphasis")
+        html.Div(f"{{{{ {S.prediction_set} }}}}", v_if=f"{S.prediction_set}", id="prediction-set",
+                 classes="text-body-2")
         with html.Div(v_for=f"row in {S.probs}", key="row.name", classes="addiagnosis-bar-row"):
             html.Span("{{ row.name }}", classes="addiagnosis-bar-name")
             with html.Div(classes="addiagnosis-bar-track"):
