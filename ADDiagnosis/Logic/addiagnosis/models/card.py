@@ -285,17 +285,18 @@ def _numbers(v: Any, key: str, n: int, want: str, integer: bool, lo: float, hi: 
     return tuple(out)
 
 
-def _parse(data: Any, folder: Path | None, require_weights: bool) -> ModelCard:
-    if not isinstance(data, dict):
-        raise ModelError(f"model card must be a JSON object (got {_kind(data)})")
+def _json_copy(data: dict) -> dict:
+    """A private copy, as it reads back from disk (tuples become lists); nesting and keys checked first."""
     _check_json(data)
     if any(not isinstance(k, str) for k in data):
         raise ModelError("model card: keys must be text")
-    try:  # a private copy, as it reads back from disk (tuples become lists)
-        data = json.loads(json.dumps(data))
+    try:
+        return json.loads(json.dumps(data))
     except (TypeError, ValueError) as exc:
         raise ModelError(f"model card holds a value that is not JSON ({' '.join(str(exc).split())[:80]})") from None
 
+
+def _format(data: dict) -> str:
     fmt = data.get("format", FORMAT)
     if not isinstance(fmt, str):
         raise _fail("format", "text", fmt)
@@ -303,7 +304,10 @@ def _parse(data: Any, folder: Path | None, require_weights: bool) -> ModelCard:
         if fmt.startswith("addiagnosis-model/"):
             raise ModelError(f"model card format {fmt!r} is not {FORMAT!r} (a newer ADDiagnosis may read it)")
         raise ModelError(f"not an ADDiagnosis model card (format {fmt[:40]!r})")
-    name = check_name(_text(data, "name", one_line=True), "model name")
+    return fmt
+
+
+def _version(data: dict) -> str:
     if "version" not in data:
         raise ModelError("model card lacks 'version'")
     version = data["version"]
@@ -312,7 +316,10 @@ def _parse(data: Any, folder: Path | None, require_weights: bool) -> ModelCard:
     version = str(version)
     if not version.strip() or len(version) > 100 or re.search(r"[\x00-\x1f\x7f]", version):
         raise _fail("version", "one line of text (1-100 characters)", show=False)
+    return version
 
+
+def _class_names(data: dict) -> list:
     if "class_names" not in data:
         raise ModelError("model card lacks 'class_names'")
     classes = data["class_names"]
@@ -328,6 +335,33 @@ def _parse(data: Any, folder: Path | None, require_weights: bool) -> ModelCard:
         if c.lower() in seen:
             raise ModelError(f"model card: class name {c!r} appears twice in 'class_names'")
         seen[c.lower()] = c
+    return classes
+
+
+def _weights(w: dict | None, folder: Path | None) -> Weights | None:
+    if w is None:
+        return None
+    file = w.get("file")
+    if not isinstance(file, str):
+        raise _fail("weights.file", "text", file)
+    sha = w.get("sha256")
+    if not isinstance(sha, str) or not _SHA256.fullmatch(sha):
+        raise _fail("weights.sha256", "64 hexadecimal digits", sha, show=not isinstance(sha, str))
+    wfmt = w.get("format", "torch-state-dict")
+    if wfmt != "torch-state-dict":
+        raise ModelError(f"model card: weights format {str(wfmt)[:40]!r} is not 'torch-state-dict'")
+    return Weights(check_weights_file(file, folder), sha.lower(), wfmt)
+
+
+def _parse(data: Any, folder: Path | None, require_weights: bool) -> ModelCard:
+    if not isinstance(data, dict):
+        raise ModelError(f"model card must be a JSON object (got {_kind(data)})")
+    data = _json_copy(data)
+    fmt = _format(data)
+    name = check_name(_text(data, "name", one_line=True), "model name")
+    version = _version(data)
+
+    classes = _class_names(data)
 
     grid = _obj(data, "input_grid")
     if "shape" not in grid:
@@ -348,19 +382,7 @@ def _parse(data: Any, folder: Path | None, require_weights: bool) -> ModelCard:
     intended_use = _text(data, "intended_use")
     training_data = _text(data, "training_data", nonempty=False)
 
-    weights = None
-    w = _obj(data, "weights", required=require_weights)
-    if w is not None:
-        file = w.get("file")
-        if not isinstance(file, str):
-            raise _fail("weights.file", "text", file)
-        sha = w.get("sha256")
-        if not isinstance(sha, str) or not _SHA256.fullmatch(sha):
-            raise _fail("weights.sha256", "64 hexadecimal digits", sha, show=not isinstance(sha, str))
-        wfmt = w.get("format", "torch-state-dict")
-        if wfmt != "torch-state-dict":
-            raise ModelError(f"model card: weights format {str(wfmt)[:40]!r} is not 'torch-state-dict'")
-        weights = Weights(check_weights_file(file, folder), sha.lower(), wfmt)
+    weights = _weights(_obj(data, "weights", required=require_weights), folder)
 
     exp = _obj(data, "explanation", required=False) or {}
     method = exp.get("method")
