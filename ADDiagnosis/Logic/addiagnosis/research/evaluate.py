@@ -243,17 +243,8 @@ def explanation_summary(rows: list[dict], classes: list[str], method: str, targe
 
 
 # ------------------------------------------------------------------------------------------ report
-def write_report(result: dict, rows: list[dict], out: Path, classes: list[str], example=None) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
-    keys = []
-    for r in rows:
-        keys += [k for k in r if k not in keys]
-    with open(out / "subjects.tsv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, keys, delimiter="\t", lineterminator="\n")
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()})
+def _confusion_png(result: dict, classes: list[str], path: Path) -> None:
+    """The confusion matrix as a figure, titled with the balanced accuracy."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -272,8 +263,22 @@ def write_report(result: dict, rows: list[dict], out: Path, classes: list[str], 
     ax.set_ylabel("true")
     ax.set_title(f"balanced accuracy {result['classification']['balanced_accuracy']:.2f}")
     fig.tight_layout()
-    fig.savefig(out / "confusion.png")
+    fig.savefig(path)
     plt.close(fig)
+
+
+def write_report(result: dict, rows: list[dict], out: Path, classes: list[str], example=None) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+    keys = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    with open(out / "subjects.tsv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, keys, delimiter="\t", lineterminator="\n")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()})
+    _confusion_png(result, classes, out / "confusion.png")
     if example is not None:
         _example_png(example, out / "example.png")
     clf, expl = result["classification"], result["explanation"]
