@@ -193,7 +193,9 @@ class Session:
 
         if self.input_node is None:
             return
-        nodes = [*output_nodes(self.input_node).values(), self.input_node]
+        from addiagnosis.mrml.atlas import reading_nodes
+
+        nodes = [*output_nodes(self.input_node).values(), *reading_nodes(self.input_node), self.input_node]
         with self.views.held():
             for node in nodes:
                 if node is None or node.GetScene() is not self.scene:
@@ -289,6 +291,7 @@ class Session:
             self.outputs = push_results(self.scene, node, result, options, vr_logic=self.runtime.vr_logic)
             if first:
                 self.views.reset(node, (result.summary or {}).get("top1pct_centroid_ras"))
+            self._show_reading(node, result)
         self.views.show_legend(self.outputs.legend)
         self.result = result
         self._show_threshold(self.outputs.display_range.lower)
@@ -314,6 +317,56 @@ class Session:
             page.prediction_set = (f"{100 * result.prediction_set_coverage:.0f} % set: "
                                    + ", ".join(result.prediction_set)) if result.prediction_set else ""
             page.seconds = f"{seconds:.1f} s"
+
+    def _show_reading(self, node, result) -> None:
+        """The atlas on the scan (for the cursor readout) and the clusters as rows of the page (issue 20)."""
+        from addiagnosis.mrml.atlas import show_atlas
+        from addiagnosis.prep import atlas as atlases
+
+        if atlases.available() and atlases.mni_to_input(result.preprocessing) is not None:
+            show_atlas(self.scene, node, result)
+        rows = []
+        for c in ((getattr(result, "reading", None) or {}).get("clusters") or [])[:12]:
+            region = c.get("peak_region") or "outside the atlas regions"
+            rows.append({"index": int(c["index"]), "ras": [float(v) for v in c["peak_ras"]], "region": region,
+                         "text": f"{100 * c['share']:.1f} % · {c['volume_ml']:.1f} mL"})
+        self.page.clusters = rows
+
+    def go_to_cluster(self, index) -> None:
+        """Every slice view through the peak of cluster ``index`` (a row of the page's cluster table)."""
+        row = next((r for r in self.page.clusters or [] if r["index"] == index), None)
+        if row is None or self.input_node is None:
+            return
+        with self.views.held():  # no render per view: one render each afterwards
+            self.views.jump_to(row["ras"])
+            positions = self.views.slice_positions()
+        with self.page as page:
+            for key, value in positions.items():
+                page.trame[slice_key(key)] = value
+        try:  # drawn after this handler returns: the page hears of the new positions first
+            asyncio.get_running_loop().call_soon(self.views.render, True)
+        except RuntimeError:  # no event loop (called outside the server)
+            self.views.render(slices_only=True)
+
+    def cursor(self, key, fx, fy) -> None:
+        """The readout under the pointer in slice view ``key`` (``fx``, ``fy``: fractions of the view from its
+        top-left corner): position, the scan's intensity, the relevance and the atlas region there."""
+        from addiagnosis.mrml.atlas import cursor_readout
+
+        if self.input_node is None or key not in self.views.slices:
+            return
+        try:
+            ras = self.views.ras_at(key, float(fx), float(fy))
+        except (TypeError, ValueError):
+            return
+        out = cursor_readout(self.input_node, ras)
+        parts = [out["region"]] if out["region"] else []  # first: the part read most, never cut off
+        parts.append("({:.1f}, {:.1f}, {:.1f}) mm RAS".format(*out["ras"]))
+        if out["intensity"] is not None:
+            parts.append(f"intensity {out['intensity']:.4g}")
+        if out["relevance"] is not None:
+            parts.append(f"relevance {out['relevance']:.3g}")
+        self.page.cursor_text = " · ".join(parts)
 
     def _write_downloads(self, volume, result) -> None:
         """The CLI's files (same writer); the report names the scan as the user did, no server folder."""

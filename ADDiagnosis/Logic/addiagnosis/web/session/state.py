@@ -78,6 +78,8 @@ class PageState:
     prediction_set = Key("", "result")  # "90 % set: LMCI, AD" (the card's conformal sets)
     seconds = Key("", "result")
     threshold_text = Key("", "result")  # the Top % threshold as a value and the shares it shows
+    clusters = Key([], "result")  # [{index, text, ras}]: clusters above the threshold, largest share first
+    cursor_text = Key("", "result")  # what the pointer reads in a slice view: position, intensity, relevance, region
     downloads_ready = Key(False, "result")
     download_stamp = Key(0)
     # display controls

@@ -117,8 +117,22 @@ def _display_controls(session) -> None:
         _slider_row("Opacity", S.opacity, (0, 1, 0.05), f"Number({S.opacity}).toFixed(2)", "opacity")
         _slider_row("Top %", S.top_percent, (0.5, 50, 0.5), f"Number({S.top_percent}).toFixed(1) + ' %'", "threshold")
         html.Div(f"{{{{ {S.threshold_text} }}}}", id="threshold-text", classes="text-caption text-medium-emphasis")
+        _clusters(session)
     v.VBtn("Reset views", id="reset-view", v_if=f"{S.has_scan}", size="small", variant="outlined",
            prepend_icon="mdi-image-filter-center-focus", click=session.reset_view, classes="align-self-start")
+
+
+def _clusters(session) -> None:
+    """The clusters above the threshold, largest share first: a click moves every slice view to the peak."""
+    from trame.widgets import html
+
+    with html.Div(v_if=f"{S.clusters}.length", id="clusters", classes="addiagnosis-clusters mt-2"):
+        html.Div("Clusters (region at the peak): click to go there", classes="text-caption text-medium-emphasis")
+        with html.Div(v_for=f"c in {S.clusters}", key="c.index", classes="addiagnosis-cluster",
+                      click=(session.go_to_cluster, "[c.index]"), data_index=("c.index",),
+                      __properties=[("data_index", "data-index")]):
+            html.Span("{{ c.index }}. {{ c.region }}", classes="addiagnosis-cluster-region")
+            html.Span("{{ c.text }}", classes="addiagnosis-slider-value")
 
 
 def _slider_row(label: str, key, limits, value_text: str, row_id: str) -> None:
@@ -155,13 +169,19 @@ def _view_grid(session) -> None:
     with html.Div(classes="addiagnosis-grid"):
         for key, title in (*VIEWS, ("threed", "3D")):
             with html.Div(classes="addiagnosis-cell", id=f"view-{key}"):
-                with html.Div(classes="addiagnosis-view"):
+                pointer = ("[" + repr(key) + ", ($event.clientX - $event.currentTarget.getBoundingClientRect().left)"
+                           " / $event.currentTarget.clientWidth, ($event.clientY - $event.currentTarget"
+                           ".getBoundingClientRect().top) / $event.currentTarget.clientHeight]")
+                events = {} if key == "threed" else {"mousemove": (session.cursor, pointer)}
+                with html.Div(classes="addiagnosis-view", **events):
                     client.ServerTemplate(name=session.views.template_names[key])
                 with html.Div(classes="addiagnosis-cell-bar"):
                     html.Span(title, classes=f"addiagnosis-label {key}")
                     if key == "threed":
-                        html.Span("volume rendering of the top relevance", v_if=f"{S.has_result}",
+                        html.Span("volume rendering of the top relevance", v_if=f"{S.has_result} && !{S.cursor_text}",
                                   classes="text-caption text-medium-emphasis ml-2")
+                        html.Span(f"{{{{ {S.cursor_text} }}}}", id="cursor-readout",
+                                  classes="addiagnosis-readout text-caption ml-2")
                         continue
                     with html.Div(classes="addiagnosis-slice", id=f"slice-{key}"):
                         v.VSlider(v_model=(slice_key(key),), min=(slice_key(key, "min"),),

@@ -91,6 +91,15 @@ class SessionViews:
             node.GetRASBounds(bounds)
             point_camera(camera, bounds, "oblique")
 
+    def ras_at(self, key: str, fx: float, fy: float) -> list[float]:
+        """World RAS (mm) under a point of a slice view given as fractions of its width and height from the
+        top-left corner (the page's pointer), through the view's own XY-to-RAS."""
+        node = self.slices[key].get_view_node()
+        width, height = node.GetDimensions()[:2]
+        m = node.GetXYToRAS()
+        xy = (float(fx) * width, (1.0 - float(fy)) * height, 0.0, 1.0)
+        return [sum(m.GetElement(r, c) * xy[c] for c in range(4)) for r in range(3)]
+
     def slice_positions(self) -> dict[str, float]:
         return {key: float(view.get_slice_value()) for key, view in self.slices.items()}
 
