@@ -41,8 +41,9 @@ from addiagnosis.models import discovery as _discovery  # noqa: E402 - which pac
 from addiagnosis.mrml import atlas as _atlas  # noqa: E402 - the atlas as a label map: region names under the cursor
 from addiagnosis.mrml import clusters as _clusters  # noqa: E402 - cluster table; a row jumps the views to its peak
 from addiagnosis.mrml import compare as _compare  # noqa: E402 - two maps side by side, linked slices
+from addiagnosis.mrml import nodes as _nodes  # noqa: E402 - volume node -> Volume
 from addiagnosis.mrml import regions as _regions  # noqa: E402 - relevance per label / segment
-from addiagnosis.mrml import scene as _scene  # noqa: E402 - volume node -> Volume, result -> nodes
+from addiagnosis.mrml import scene as _scene  # noqa: E402 - result -> nodes
 from addiagnosis.prep import atlas as _atlasData  # noqa: E402 - is the atlas installed (torch-free)
 from addiagnosis.worker import client as _client  # noqa: E402 - the long-lived worker process and its jobs
 
@@ -461,6 +462,9 @@ class ADDiagnosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.probabilitiesLabel.styleSheet = "color: gray;"
         else:
             self.ui.predictedLabel.text = f"{result.predicted}  (explained: {result.target}, {result.method})"
+            if getattr(result, "prediction_set", None):  # the card's conformal set: how close the stages are
+                coverage = getattr(result, "prediction_set_coverage", None) or 0.9
+                lines.append(_("{p:.0f} % set: {s}").format(p=100 * coverage, s=", ".join(result.prediction_set)))
             self.ui.probabilitiesLabel.text = "\n".join(lines)
             self.ui.probabilitiesLabel.styleSheet = ""
         if getattr(result, "model_notice", None):
@@ -670,7 +674,7 @@ class ADDiagnosisLogic(ScriptedLoadableModuleLogic):
 
         The voxels and IJK-to-RAS go to the worker exactly (.npy). The worker starts first: if Slicer's Python
         cannot be started, nothing is written."""
-        volume = _scene.volume_from_node(inputNode)
+        volume = _nodes.volume_from_node(inputNode)
         check_volume(volume)  # the one input check (constant, NaN/Inf, 2D/4D, label maps): before anything runs
         job = _client.WorkerJob(volume, self.modelPath(model), method, target, device, worker=self.worker(),
                                 time_limit=self.timeLimit)
@@ -831,7 +835,8 @@ class ADDiagnosisTest(ScriptedLoadableModuleTest):
     def _checkTinyPackage(self, logic, package):
         import numpy as np
 
-        from addiagnosis.mrml.scene import array_from_node, node_ijk_to_ras, table_probabilities
+        from addiagnosis.mrml.nodes import array_from_node, node_ijk_to_ras
+        from addiagnosis.mrml.scene import table_probabilities
 
         inputNode = self._scan()
         result, outputs = logic.process(inputNode, package)
@@ -857,7 +862,8 @@ class ADDiagnosisTest(ScriptedLoadableModuleTest):
         import numpy as np
         import SampleData
 
-        from addiagnosis.mrml.scene import array_from_node, node_ijk_to_ras, table_probabilities
+        from addiagnosis.mrml.nodes import array_from_node, node_ijk_to_ras
+        from addiagnosis.mrml.scene import table_probabilities
 
         self.delayDisplay("ADDiagnosis: default model and method on the example scan")
         registerSampleData()

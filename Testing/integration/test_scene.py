@@ -22,22 +22,24 @@ import addiagnosis  # noqa: E402
 from addiagnosis.cli import main as cli  # noqa: E402
 from addiagnosis.engine import diagnose  # noqa: E402
 from addiagnosis.io.volume import Volume, read_nifti  # noqa: E402
+from addiagnosis.mrml.nodes import (  # noqa: E402
+    SceneError,
+    array_from_node,
+    node_ijk_to_ras,
+    node_world_ijk_to_ras,
+    set_node_image,
+    volume_from_node,
+)
 from addiagnosis.mrml.regions import region_summary  # noqa: E402
 from addiagnosis.mrml.runtime import SlicerRuntime  # noqa: E402
 from addiagnosis.mrml.scene import (  # noqa: E402
     COLOR_NODE_NAME,
     PushOptions,
-    SceneError,
-    array_from_node,
-    node_ijk_to_ras,
-    node_world_ijk_to_ras,
     output_nodes,
     push_results,
-    set_node_image,
     set_overlay_opacity,
     set_top_percent,
     table_probabilities,
-    volume_from_node,
 )
 
 # oblique + anisotropic, and sagittal-stored LPS + anisotropic (permuted, flipped axes)
@@ -355,7 +357,7 @@ result = SimpleNamespace(relevance=Volume(rel, aff, "scan relevance"), model_nam
                          probabilities={"CN": 0.25, "AD": 0.75}, predicted="AD")
 out = push_results(rt.scene, node, result, vr_logic=rt.vr_logic)
 labels = rt.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "labels")
-addiagnosis.mrml.scene.set_node_image(labels, (rel > 0.5).astype(np.int16), aff)
+addiagnosis.mrml.nodes.set_node_image(labels, (rel > 0.5).astype(np.int16), aff)
 table = region_summary(rt.scene, node, labels)
 print(out.display_range.lower, set_top_percent(out.relevance, 1.0), table.GetTable().GetNumberOfRows())
 print("torch" in sys.modules)

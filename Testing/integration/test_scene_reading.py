@@ -14,8 +14,9 @@ from addiagnosis.io.volume import read_nifti  # noqa: E402
 from addiagnosis.mrml import atlas as scene_atlas  # noqa: E402
 from addiagnosis.mrml import clusters as scene_clusters  # noqa: E402
 from addiagnosis.mrml import compare as scene_compare  # noqa: E402
+from addiagnosis.mrml.nodes import SceneError, array_from_node  # noqa: E402
 from addiagnosis.mrml.runtime import SlicerRuntime  # noqa: E402
-from addiagnosis.mrml.scene import PushOptions, SceneError, array_from_node, push_results  # noqa: E402
+from addiagnosis.mrml.scene import PushOptions, push_results  # noqa: E402
 from addiagnosis.prep import atlas as atlases  # noqa: E402
 from addiagnosis.resources import default_scan  # noqa: E402
 

@@ -117,7 +117,7 @@ def test_sample_data_registered_with_checksum_and_loads(app):
     img = nib.load(str(EXAMPLE))
     arr = slicer.util.arrayFromVolume(node)  # KJI
     np.testing.assert_array_equal(arr.transpose(2, 1, 0), np.asarray(img.dataobj))
-    from addiagnosis.mrml.scene import node_ijk_to_ras
+    from addiagnosis.mrml.nodes import node_ijk_to_ras
 
     np.testing.assert_allclose(node_ijk_to_ras(node), img.affine, atol=1e-4)
     slicer.mrmlScene.RemoveNode(node)
@@ -211,7 +211,8 @@ def test_selecting_the_example(app):
 
 
 def _relevance_checks(slicer, w):
-    from addiagnosis.mrml.scene import array_from_node, node_ijk_to_ras, table_probabilities
+    from addiagnosis.mrml.nodes import array_from_node, node_ijk_to_ras
+    from addiagnosis.mrml.scene import table_probabilities
 
     p = w._parameterNode
     rel, inp = p.relevanceVolume, p.inputVolume
@@ -250,6 +251,8 @@ def test_diagnose_shows_relevance_table_chart_and_3d(app):
     assert "synthetic data" in w.ui.predictedLabel.text
     assert w.ui.statusLabel.text.startswith("done in")
     assert max(probs, key=probs.get) == "AD"
+    # the bundled card's conformal sets: the 90 % set of stages is shown with the probabilities
+    assert w.ui.probabilitiesLabel.text.splitlines()[-1] == "90 % set: " + ", ".join(job.result.prediction_set)
     measured["probabilities"] = probs
     FIRST["relevance"] = job.result.relevance.array.copy()
     FIRST["pid"] = job.result.worker["pid"]
@@ -480,7 +483,7 @@ def test_quality_verdicts_are_in_sight(app, variant):
     slicer, module, parent = app
     w = parent.widgetRepresentation()
     example = w._parameterNode.inputVolume
-    from addiagnosis.mrml.scene import node_ijk_to_ras
+    from addiagnosis.mrml.nodes import node_ijk_to_ras
 
     arr, ijk_to_ras = slicer.util.arrayFromVolume(example).astype(np.float32), node_ijk_to_ras(example)  # KJI
     if variant == "coarse":
@@ -733,7 +736,7 @@ def test_a_package_without_its_template_asks_once_for_nilearn(app, tmp_path, mon
     try:
         # without nilearn the worker cannot make this package's template: one line, nothing pushed
         node = parent.widgetRepresentation()._parameterNode.inputVolume
-        from addiagnosis.mrml.scene import volume_from_node
+        from addiagnosis.mrml.nodes import volume_from_node
         from addiagnosis.worker.client import WorkerJob
 
         job = WorkerJob(volume_from_node(node), "demo-no-template", "auto")

@@ -18,17 +18,8 @@ import numpy as np
 import slicer
 import vtk
 
-from addiagnosis.mrml.scene import (
-    REF_RELEVANCE,
-    ROLE,
-    SceneError,
-    SceneUndo,
-    node_ref,
-    node_world_ijk_to_ras,
-    place_under,
-    ref_or_new,
-    set_node_image,
-)
+from addiagnosis.mrml.nodes import SceneError, node_world_ijk_to_ras, set_node_image
+from addiagnosis.mrml.scene import REF_RELEVANCE, ROLE, SceneUndo, node_ref, place_under, ref_or_new
 from addiagnosis.prep import atlas as atlases
 
 REF_ATLAS = "ADDiagnosis.atlas"

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import vtk
 
-from addiagnosis.mrml.scene import ROLE, SceneError, SceneUndo, node_ref, place_under, ref_or_new
+from addiagnosis.mrml.nodes import SceneError
+from addiagnosis.mrml.scene import ROLE, SceneUndo, node_ref, place_under, ref_or_new
 
 REF_CLUSTERS = "ADDiagnosis.clusters"
 PEAK_COLUMNS = ("Peak R", "Peak A", "Peak S")  # world RAS mm of the peak: where a row jumps to

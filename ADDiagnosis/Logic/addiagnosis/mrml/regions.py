@@ -15,18 +15,8 @@ import numpy as np
 import slicer
 import vtk
 
-from addiagnosis.mrml.scene import (
-    REF_REGIONS,
-    REF_RELEVANCE,
-    ROLE,
-    SceneError,
-    SceneUndo,
-    array_from_node,
-    node_ref,
-    node_world_ijk_to_ras,
-    place_under,
-    ref_or_new,
-)
+from addiagnosis.mrml.nodes import SceneError, array_from_node, node_world_ijk_to_ras
+from addiagnosis.mrml.scene import REF_REGIONS, REF_RELEVANCE, ROLE, SceneUndo, node_ref, place_under, ref_or_new
 
 
 def _segment_labels(scene, segmentation_node, relevance_node) -> tuple[np.ndarray, dict[int, str]]:

@@ -5,7 +5,8 @@ Desktop Slicer builds the scene and its module logics itself (``slicer.mrmlScene
 tests, the benchmarks) :class:`SlicerRuntime` builds the same pieces without Qt and without ``slicer.app``::
 
     from addiagnosis.mrml.runtime import SlicerRuntime
-    from addiagnosis.mrml.scene import push_results, volume_from_node
+    from addiagnosis.mrml.scene import push_results
+    from addiagnosis.mrml.nodes import volume_from_node
     from addiagnosis.mrml.views import SceneViews            # optional: off-screen slice and 3D views
 
     rt = SlicerRuntime()
@@ -32,7 +33,7 @@ import vtk
 from addiagnosis.errors import AddiagnosisError
 from addiagnosis.io.intensity import robust_range
 from addiagnosis.io.volume import Volume
-from addiagnosis.mrml.scene import set_node_image
+from addiagnosis.mrml.nodes import set_node_image
 
 
 class SlicerRuntime:
