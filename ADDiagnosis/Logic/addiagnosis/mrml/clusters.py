@@ -15,7 +15,8 @@ from __future__ import annotations
 import vtk
 
 from addiagnosis.mrml.nodes import SceneError
-from addiagnosis.mrml.scene import ROLE, SceneUndo, node_ref, place_under, ref_or_new
+from addiagnosis.mrml.scene import ROLE, node_ref
+from addiagnosis.mrml.tables import output_table
 
 REF_CLUSTERS = "ADDiagnosis.clusters"
 PEAK_COLUMNS = ("Peak R", "Peak A", "Peak S")  # world RAS mm of the peak: where a row jumps to
@@ -41,16 +42,8 @@ def clusters_of(result) -> list[dict]:
 def cluster_table(scene, input_node, result):
     """A table node ``"<input> clusters"`` under the input, one row per cluster of ``result``."""
     clusters = clusters_of(result)
-    undo = SceneUndo(scene)
-    try:
-        table = ref_or_new(scene, input_node, REF_CLUSTERS, "vtkMRMLTableNode", f"{input_node.GetName()} clusters")
-        _fill(table, clusters)
-        place_under(scene, input_node, [table])
-        undo.set_reference(input_node, REF_CLUSTERS, table)
-    except Exception:
-        undo.rollback()
-        raise
-    return table
+    return output_table(scene, input_node, REF_CLUSTERS, f"{input_node.GetName()} clusters",
+                        lambda table: _fill(table, clusters))
 
 
 def _fill(table, clusters: list[dict]) -> None:

@@ -16,7 +16,8 @@ import slicer
 import vtk
 
 from addiagnosis.mrml.nodes import SceneError, array_from_node, node_world_ijk_to_ras
-from addiagnosis.mrml.scene import REF_REGIONS, REF_RELEVANCE, ROLE, SceneUndo, node_ref, place_under, ref_or_new
+from addiagnosis.mrml.scene import REF_REGIONS, REF_RELEVANCE, ROLE, SceneUndo, node_ref
+from addiagnosis.mrml.tables import output_table
 
 
 def _segment_labels(scene, segmentation_node, relevance_node) -> tuple[np.ndarray, dict[int, str]]:
@@ -79,18 +80,12 @@ def region_summary(scene, input_node, regions_node, relevance_node=None):
     relevance_node = relevance_node or node_ref(input_node, REF_RELEVANCE)
     if relevance_node is None:
         raise SceneError(f"'{input_node.GetName()}' has no relevance yet: diagnose it first")
-    undo = SceneUndo(scene)
-    try:
+
+    def fill(table):  # inside the transaction: a segmentation's export onto the grid is undone too on failure
         labels, names = labels_on_grid(scene, regions_node, relevance_node)
-        table = ref_or_new(scene, input_node, REF_REGIONS, "vtkMRMLTableNode",
-                            f"{input_node.GetName()} relevance by region")
         _fill_table(table, labels, names, array_from_node(relevance_node))
-        place_under(scene, input_node, [table])
-        undo.set_reference(input_node, REF_REGIONS, table)
-    except Exception:
-        undo.rollback()
-        raise
-    return table
+
+    return output_table(scene, input_node, REF_REGIONS, f"{input_node.GetName()} relevance by region", fill)
 
 
 def _fill_table(table, labels: np.ndarray, names: dict[int, str], rel: np.ndarray) -> None:
