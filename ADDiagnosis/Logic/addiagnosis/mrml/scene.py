@@ -33,22 +33,17 @@ from functools import partial
 
 import numpy as np
 
-from addiagnosis.mrml.nodes import (
+# isort: off
+from addiagnosis.mrml.nodes import (  # first: it refuses in one line when the Slicer runtime is missing
     SceneError,
     array_from_node,
     node_ijk_to_ras,
     node_world_ijk_to_ras,
     set_node_image,
 )
-
-try:  # the Slicer runtime: desktop Slicer or the slicer-core wheel
-    import slicer
-    import vtk
-except ImportError as _exc:  # pragma: no cover - depends on the environment
-    raise ImportError(
-        "addiagnosis.mrml.scene needs the 3D Slicer runtime: run it inside 3D Slicer, or "
-        "pip install 'addiagnosis[scene]' (slicer-core)"
-    ) from _exc
+import slicer
+import vtk
+# isort: on
 
 COLOR_NODE_NAME = "ADDiagnosis relevance (hot)"
 REF_RELEVANCE = "ADDiagnosis.relevance"
