@@ -19,6 +19,7 @@ from addiagnosis import RESEARCH_USE
 from addiagnosis.cli.main import main
 
 from bad_files import bad_inputs
+from cohorts import masked_cohort
 from conftest import CLASSES, make_scan, save_nifti
 
 REPORT_KEYS = {"research_use", "model", "probabilities", "predicted_class", "target_class", "method",
@@ -343,23 +344,6 @@ def test_compare_bootstrap_below_one_is_a_one_line_error(tmp_path, capsys, n):
 
 
 # ------------------------------------------------------------------------ package tools (rewrite a package)
-def _cohort(folder: Path) -> Path:
-    """Three small scans with ground-truth masks and a participants.tsv (what `evaluate` reads)."""
-    folder.mkdir()
-    rows = ["participant_id\tclass\tscan\tmask\tseverity"]
-    rng = np.random.default_rng(1)
-    for i, c in enumerate(["CN", "AD", "AD"]):
-        a = rng.normal(0.1, 0.02, (24, 24, 24)).astype(np.float32)
-        a[4:20, 4:20, 4:20] += 1.0
-        m = np.zeros(a.shape, np.uint8)
-        m[8:16, 8:16, 8:16] = 1
-        nib.save(nib.Nifti1Image(a, np.diag([4.0, 4.0, 4.0, 1.0])), str(folder / f"s{i}.nii.gz"))
-        nib.save(nib.Nifti1Image(m, np.diag([4.0, 4.0, 4.0, 1.0])), str(folder / f"s{i}_mask.nii.gz"))
-        rows.append(f"s{i}\t{c}\ts{i}.nii.gz\ts{i}_mask.nii.gz\t{i}")
-    (folder / "participants.tsv").write_text("\n".join(rows) + "\n")
-    return folder
-
-
 def test_package_record_evaluation_rewrites_the_card_with_checksums_verified(tmp_path, capsys, tiny_package):
     import shutil
 
@@ -369,7 +353,7 @@ def test_package_record_evaluation_rewrites_the_card_with_checksums_verified(tmp
 
     pkg = tmp_path / "pkg"
     shutil.copytree(tiny_package, pkg)
-    data = _cohort(tmp_path / "cohortA")
+    data = masked_cohort(tmp_path / "cohortA")
     code, out, err = run_cli(capsys, "evaluate", pkg, data, "--out", tmp_path / "eval", "--randomisation-n", "2",
                              "--threads", "1", "--record-in-card")
     assert code == 0, err

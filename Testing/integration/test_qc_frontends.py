@@ -11,7 +11,6 @@ import json
 
 import numpy as np
 import pytest
-from contrasts import t2_like
 
 from addiagnosis.engine import get_diagnoser
 from addiagnosis.io.report import write_outputs
@@ -19,6 +18,8 @@ from addiagnosis.io.volume import read_nifti
 from addiagnosis.prep import qc
 from addiagnosis.research import qcset
 from addiagnosis.resources import default_scan
+
+from contrasts import t2_like
 
 
 @pytest.fixture(scope="module")

@@ -41,9 +41,9 @@ if not Path(CHROMIUM).exists():
     pytest.skip("Debian's chromium is not installed (apt-get install chromium chromium-driver)",
                 allow_module_level=True)
 
-from contrasts import t2_like  # noqa: E402
-
 from addiagnosis.mrml.views import egl_available  # noqa: E402
+
+from contrasts import t2_like  # noqa: E402
 
 OK, WHY = egl_available()
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not OK, reason=f"no off-screen OpenGL (Mesa EGL): {WHY}")]

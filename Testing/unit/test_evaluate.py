@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import nibabel as nib
 import numpy as np
 import pytest
 
@@ -12,6 +11,8 @@ from addiagnosis import metrics
 from addiagnosis.models.network import ClassificationModel3D
 from addiagnosis.models.package import write_package
 from addiagnosis.research import evaluate
+
+from cohorts import masked_cohort
 
 
 def test_confusion_balanced_accuracy_recall():
@@ -86,17 +87,7 @@ def test_evaluate_end_to_end(tmp_path):
 
     torch.manual_seed(0)
     pkg = write_package(tmp_path / "pkg", ClassificationModel3D(grid, 5).state_dict(), card)
-    rows = ["participant_id\tclass\tscan\tmask\tseverity"]
-    rng = np.random.default_rng(1)
-    for i, c in enumerate(["CN", "AD", "AD"]):
-        a = rng.normal(0.1, 0.02, (24, 24, 24)).astype(np.float32)
-        a[4:20, 4:20, 4:20] += 1.0
-        m = np.zeros(a.shape, np.uint8)
-        m[8:16, 8:16, 8:16] = 1
-        nib.save(nib.Nifti1Image(a, np.diag([4.0, 4.0, 4.0, 1.0])), str(tmp_path / f"s{i}.nii.gz"))
-        nib.save(nib.Nifti1Image(m, np.diag([4.0, 4.0, 4.0, 1.0])), str(tmp_path / f"s{i}_mask.nii.gz"))
-        rows.append(f"s{i}\t{c}\ts{i}.nii.gz\ts{i}_mask.nii.gz\t{i}")
-    (tmp_path / "participants.tsv").write_text("\n".join(rows) + "\n")
+    masked_cohort(tmp_path)
     res = evaluate.evaluate(pkg, tmp_path, tmp_path / "eval", randomisation_n=2, log=lambda m: None,
                             faithfulness_n=1)
     assert res["n_scans"] == 3
