@@ -10,6 +10,7 @@ import gzip
 import io
 import json
 import os
+import re
 import resource
 import signal
 import subprocess
@@ -34,6 +35,12 @@ LOGIC = str(Path(__file__).resolve().parents[2] / "ADDiagnosis" / "Logic")
 
 
 # ------------------------------------------------------------------------------------------------ helpers
+
+def without_qc(err: str) -> str:
+    """stderr less the quality-control lines (``<scan>: QC warn|fail ...``): the small 4 mm test scans are too
+    coarse for the 2 mm test model, which the CLI rightly says; these tests look at everything else."""
+    return "".join(line for line in err.splitlines(True) if not re.search(r": QC (warn|fail) \(", line))
+
 def small_scan(seed=1) -> tuple[np.ndarray, np.ndarray]:
     arr, aff = make_scan("ras-1mm", noise_seed=seed)
     aff = aff.copy()
@@ -119,7 +126,7 @@ def test_batch_collisions_each_scan_its_own_folder(tmp_path, capsys, tiny_packag
     out = src / "cohort"
     code, stdout, err = run_cli(capsys, "batch", *scans, "--model", tiny_package, "--out", out,
                                 "--save", "relevance,report", "--workers", "0", "-q")
-    assert code == 0 and err == "", err
+    assert code == 0 and without_qc(err) == "", err
     rows = {r["path"]: r for r in csv.DictReader(open(out / "results.tsv", encoding="utf-8"), delimiter="\t")}
     assert sorted(r["output"] for r in rows.values()) == ["scans/_..", "scans/x", "scans/x-3", "scans/x~2"]
     for scan in scans:  # each folder holds its own scan's files
@@ -277,7 +284,7 @@ def test_batch_one_row_per_bad_scan_and_summary_always_written(tmp_path, capsys,
     code, stdout, err = run_cli(capsys, "batch", *scans, "--model", tiny_package, "--out", out, "--save", "relevance",
                                 "--workers", "0", "-q")
     assert code == 0  # failures are rows, counted in the summary line (--strict: exit 2)
-    lines = err.splitlines()
+    lines = without_qc(err).splitlines()
     assert len(lines) == len(cases) + 1 and all(x.startswith("addiagnosis: error: ") for x in lines)
     assert "Traceback" not in err
     assert f"{len(scans) - len(cases) - 1} of {len(scans)} scans diagnosed, {len(cases) + 1} failed" in stdout
@@ -393,7 +400,7 @@ def test_nibabel_warnings_never_reach_stderr(tmp_path, capsys, tiny_package):
     path = write(tmp_path / "w.nii.gz", nifti_bytes(arr, aff, pixdim=[0, 4, 4, 4, 1, 1, 1, 1], xyzt_units=255))
     out = tmp_path / "o"
     code, _, err = run_cli(capsys, "diagnose", path, "--model", tiny_package, "--out", out, "--no-figures")
-    assert code == 0 and err == "", err
+    assert code == 0 and without_qc(err) == "", err
 
 
 def test_failure_removes_created_parents_and_keeps_existing(tmp_path, capsys, tiny_package):
@@ -457,8 +464,8 @@ def test_disk_full_leaves_nothing(tmp_path, tiny_package):
     proc = subprocess.run([sys.executable, "-c", code, "diagnose", str(scan), "--model", str(tiny_package),
                            "--out", str(out)], capture_output=True, text=True, env=subprocess_env(), timeout=300)
     assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
-    assert proc.stderr.startswith(f"addiagnosis: error: {out}") and "File too large" in proc.stderr
+    assert without_qc(proc.stderr).count("\n") == 1 and "Traceback" not in proc.stderr
+    assert without_qc(proc.stderr).startswith(f"addiagnosis: error: {out}") and "File too large" in proc.stderr
     assert tree(tmp_path) == before
 
 
@@ -471,7 +478,7 @@ def test_concurrent_runs_into_one_out_both_succeed(tmp_path, tiny_package):
              for s in scans]
     results = [p.communicate(timeout=300) + (p.returncode,) for p in procs]
     for _stdout, stderr, rc in results:
-        assert rc == 0 and stderr == "", stderr
+        assert rc == 0 and without_qc(stderr) == "", stderr
     assert tree(out) == ["relevance.nii.gz", "report.json"]
     report = json.loads((out / "report.json").read_text())
     rel = nib.load(str(out / "relevance.nii.gz"))
@@ -531,7 +538,7 @@ def test_diagnose_a_scan_whose_name_is_not_utf8(tmp_path, capsys, tiny_package):
     scan = write(Path(os.fsdecode(bytes(tmp_path) + b"/sub\xe9\nject.nii.gz")), nifti_bytes(*small_scan()))
     out = tmp_path / "o"
     code, stdout, err = run_cli(capsys, "diagnose", scan, "--model", tiny_package, "--out", out, "--no-figures")
-    assert code == 0 and err == "", err
+    assert code == 0 and without_qc(err) == "", err
     assert stdout.splitlines()[0].startswith("sub\\xe9\\nject: predicted ")
     stdout.encode("utf-8")
     assert tree(out) == ["relevance.nii.gz", "report.json"]

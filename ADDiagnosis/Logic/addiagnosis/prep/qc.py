@@ -50,7 +50,8 @@ QC_THRESHOLDS = {
     # Pearson correlation with the template inside the brain (align's own bound is 0.45)
     # a stage stopped at its iteration cap: "warn" unless the correlation shows the alignment holds
     "registration": {"fail_below": 0.45, "warn_below": 0.5, "not_converged": "warn", "not_converged_ok_above": 0.6},
-    # voxel size in mm: the two finest axes (in plane) and the coarsest (slice thickness)
+    # voxel size in mm: the two finest axes (in plane) and the coarsest (slice thickness), for a model whose grid
+    # has 2 mm voxels (the bundled one); scaled by the model grid's coarsest spacing / 2 mm for other models
     "resolution": {"inplane_warn_above": 2.5, "inplane_fail_above": 3.5,
                    "slice_warn_above": 4.5, "slice_fail_above": 6.0},
     # scalp shell (9-15 mm outside the brain) relative to white matter: below this the head is skull-stripped
@@ -171,11 +172,24 @@ def check_registration(reg: dict, t: dict) -> dict:
     return _reason("registration", verdict, f"{what} ({', '.join(parts)})")
 
 
-def check_resolution(spacing, t: dict) -> dict:
+RESOLUTION_REFERENCE_MM = 2.0  # the model grid spacing the resolution thresholds are written for
+
+
+def grid_scale(card) -> float:
+    """How much coarser than 2 mm the model's own grid is (1 for the bundled model or a card without spacing):
+    a model that reads 4 mm voxels is not misled by a 4 mm scan."""
+    try:
+        spacing = (card or {}).get("input_grid", {}).get("spacing")
+        return max(1.0, max(float(s) for s in spacing) / RESOLUTION_REFERENCE_MM) if spacing else 1.0
+    except (AttributeError, TypeError, ValueError):
+        return 1.0
+
+
+def check_resolution(spacing, t: dict, scale: float = 1.0) -> dict:
     sp = sorted(float(s) for s in spacing)
     inplane, thick = sp[1], sp[2]
-    verdict = worst([_grade(inplane, t["inplane_fail_above"], t["inplane_warn_above"], above=True),
-                     _grade(thick, t["slice_fail_above"], t["slice_warn_above"], above=True)])
+    verdict = worst([_grade(inplane, scale * t["inplane_fail_above"], scale * t["inplane_warn_above"], above=True),
+                     _grade(thick, scale * t["slice_fail_above"], scale * t["slice_warn_above"], above=True)])
     what = "resolution fine" if verdict == "pass" else "resolution too coarse for the model"
     return _reason("resolution", verdict, f"{what} (in plane {inplane:.2g} mm, slices {thick:.2g} mm)")
 
@@ -253,7 +267,7 @@ def assess(volume: Volume, info: dict, card=None) -> dict:
     qc_card = (card.get("qc") if card is not None else None) or {}
     on_stripped = qc_card.get("skull_stripped", DEFAULT_SKULL_STRIPPED)
     on_stripped = on_stripped if on_stripped in VERDICTS else DEFAULT_SKULL_STRIPPED
-    reasons = [check_resolution(volume.spacing, t["resolution"])]
+    reasons = [check_resolution(volume.spacing, t["resolution"], grid_scale(card))]
     measures = {}
     if info.get("mni_to_input_ras") is not None:
         measures = measure(volume, np.asarray(info["mni_to_input_ras"]))
