@@ -14,6 +14,8 @@ from pathlib import Path
 from addiagnosis.errors import OutputError
 
 NIFTI_EXTENSIONS = (".nii.gz", ".nii")
+_UMASK = os.umask(0o022)  # read once at import (os.umask can only be read by setting it) ...
+os.umask(_UMASK)  # ... and put back at once
 
 
 @contextlib.contextmanager
@@ -27,6 +29,13 @@ def atomic_file(path: str | os.PathLike):
     os.close(fd)
     try:
         yield Path(tmp)
+        # mkstemp makes the file 0600: give it the mode a plain write would (or the replaced file's own mode),
+        # so packages, journals and results stay readable by the group as the user's umask intends
+        try:
+            mode = os.stat(path).st_mode & 0o7777
+        except OSError:
+            mode = 0o666 & ~_UMASK
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
