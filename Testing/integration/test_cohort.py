@@ -21,6 +21,7 @@ from addiagnosis.cohort.journal import JOURNAL, Journal
 from addiagnosis.cohort.shards import parse_shard
 from addiagnosis.errors import InputError
 
+from cohorts import synthetic_groups
 from conftest import CLASSES, phantom
 
 CMD = "batch"
@@ -375,18 +376,8 @@ def test_merge_refuses_shards_made_with_other_settings(tmp_path, capsys, folder,
 def ad_cn_results(tmp_path_factory):
     """3 AD + 3 CN synthetic subjects, bundled model, relevance for AD, synthetic MNI label map."""
     from addiagnosis.cohort.regions import synthetic_labelmap
-    from addiagnosis.research.synth import _generate_one, subject_params
-
     root = tmp_path_factory.mktemp("adcn")
-    for sub in ("scans", "masks", "meta"):
-        (root / "data" / sub).mkdir(parents=True)
-    lines = ["participant_id\tgroup\tscan"]
-    for i, label in enumerate(["AD", "CN"] * 3):
-        p = subject_params(5, i, label)
-        p["participant_id"] = f"sub-{i:02d}"
-        _generate_one((str(root / "data"), p))
-        lines.append(f"sub-{i:02d}\t{label}\tscans/sub-{i:02d}.nii.gz")
-    (root / "data" / "participants.tsv").write_text("\n".join(lines) + "\n")
+    synthetic_groups(root, seed=5, pairs=3)
     labels, names = synthetic_labelmap(root / "atlas")
     out = root / "res"
     code = main(["batch", str(root / "data"), "--out", str(out), "--labels", str(labels), "--target", "AD",

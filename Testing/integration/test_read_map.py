@@ -15,6 +15,8 @@ from addiagnosis.explain import clusters as cl
 from addiagnosis.prep import atlas as atlases
 from addiagnosis.resources import default_scan
 
+from cohorts import synthetic_groups
+
 
 @pytest.fixture(scope="module")
 def result_dir(tmp_path_factory):
@@ -100,18 +102,8 @@ def test_atlas_regions_on_the_model_grid():
 @pytest.fixture(scope="module")
 def ad_cn_batch(tmp_path_factory):
     """2 AD + 2 CN synthetic subjects through batch with the bundled model and no --labels."""
-    from addiagnosis.research.synth import _generate_one, subject_params
-
     root = tmp_path_factory.mktemp("adcn-atlas")
-    for sub in ("scans", "masks", "meta"):
-        (root / "data" / sub).mkdir(parents=True)
-    lines = ["participant_id\tgroup\tscan"]
-    for i, label in enumerate(["AD", "CN"] * 2):
-        p = subject_params(7, i, label)
-        p["participant_id"] = f"sub-{i:02d}"
-        _generate_one((str(root / "data"), p))
-        lines.append(f"sub-{i:02d}\t{label}\tscans/sub-{i:02d}.nii.gz")
-    (root / "data" / "participants.tsv").write_text("\n".join(lines) + "\n")
+    synthetic_groups(root, seed=7, pairs=2)
     out = root / "res"
     assert main(["batch", str(root / "data"), "--out", str(out), "--target", "AD", "--workers", "0", "-q"]) == 0
     return out

@@ -23,3 +23,21 @@ def masked_cohort(folder: Path) -> Path:
         rows.append(f"s{i}\t{c}\ts{i}.nii.gz\ts{i}_mask.nii.gz\t{i}")
     (folder / "participants.tsv").write_text("\n".join(rows) + "\n")
     return folder
+
+
+def synthetic_groups(root: Path, seed: int, pairs: int) -> Path:
+    """``pairs`` AD + CN synthetic subjects (made by the project's own synth) and a participants.tsv with a
+    ``group`` column, in ``root / "data"``; returns that folder."""
+    from addiagnosis.research.synth import _generate_one, subject_params
+
+    data = root / "data"
+    for sub in ("scans", "masks", "meta"):
+        (data / sub).mkdir(parents=True)
+    lines = ["participant_id\tgroup\tscan"]
+    for i, label in enumerate(["AD", "CN"] * pairs):
+        p = subject_params(seed, i, label)
+        p["participant_id"] = f"sub-{i:02d}"
+        _generate_one((str(data), p))
+        lines.append(f"sub-{i:02d}\t{label}\tscans/sub-{i:02d}.nii.gz")
+    (data / "participants.tsv").write_text("\n".join(lines) + "\n")
+    return data
