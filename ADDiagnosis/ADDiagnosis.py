@@ -45,6 +45,7 @@ from addiagnosis.mrml import nodes as _nodes  # noqa: E402 - volume node -> Volu
 from addiagnosis.mrml import regions as _regions  # noqa: E402 - relevance per label / segment
 from addiagnosis.mrml import scene as _scene  # noqa: E402 - result -> nodes
 from addiagnosis.prep import atlas as _atlasData  # noqa: E402 - is the atlas installed (torch-free)
+from addiagnosis.prep import qc as _quality  # noqa: E402 - the verdict a result is shown with (torch-free)
 from addiagnosis.worker import client as _client  # noqa: E402 - the long-lived worker process and its jobs
 
 METHODS = list(_card.METHOD_CHOICES)  # "auto": the card's recommended method (lrp-reference-alpha1beta0, bundled)
@@ -153,18 +154,7 @@ class Verdict:
     def of(cls, result):
         """From the result's quality control (``qc``: its verdict and the checks that did not pass), or, for a
         result without one, its warnings (the registration's: did not converge, poor correlation)."""
-        qc = getattr(result, "qc", None)
-        if not qc:
-            warnings = [str(w) for w in (getattr(result, "warnings", None) or [])]
-            return cls("warn" if warnings else "pass", warnings)
-        reasons = []
-        for reason in qc.get("reasons") or []:
-            if not isinstance(reason, dict):
-                reasons.append(str(reason))
-            elif reason.get("verdict") != "pass":
-                reasons.append(str(reason.get("detail") or reason.get("check")))
-        verdict = str(qc.get("verdict") or "pass")
-        return cls(verdict if verdict in cls.COLORS else "pass", reasons)
+        return cls(*_quality.verdict_reasons(getattr(result, "qc", None), getattr(result, "warnings", None)))
 
     @property
     def text(self):

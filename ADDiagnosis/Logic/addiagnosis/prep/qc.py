@@ -303,18 +303,30 @@ def summary_line(record: dict) -> str:
     return f"QC {record.get('verdict', 'pass')} ({head}): " + "; ".join(f"{r['check']}: {r['detail']}" for r in bad)
 
 
-def verdict_line(record: dict | None, warnings=()) -> tuple[str, str]:
-    """(level, one line) for a front end: ``("pass", "")``, ``("warn", "check: <reasons>")`` or
-    ``("fail", "not interpretable: <reasons>")``; without a QC record, the result's warnings make a warn."""
+def verdict_reasons(record: dict | None, warnings=()) -> tuple[str, list[str]]:
+    """(level, reasons) a front end shows: the record's verdict and the details of its checks that did not pass;
+    without a QC record, the result's warnings (the registration's) make a ``warn``."""
     if not record:
         warnings = [str(w) for w in warnings or ()]
-        return ("warn", "check: " + "; ".join(warnings)) if warnings else ("pass", "")
-    level = record.get("verdict", "pass")
-    if level not in ("warn", "fail"):
-        return "pass", ""
-    bad = [str(r.get("detail") or r.get("check")) for r in record.get("reasons", []) if r.get("verdict") != "pass"]
+        return ("warn" if warnings else "pass"), warnings
+    reasons = []
+    for reason in record.get("reasons") or []:
+        if not isinstance(reason, dict):
+            reasons.append(str(reason))
+        elif reason.get("verdict") != "pass":
+            reasons.append(str(reason.get("detail") or reason.get("check")))
+    level = str(record.get("verdict") or "pass")
+    return (level if level in ("warn", "fail") else "pass"), reasons
+
+
+def verdict_line(record: dict | None, warnings=()) -> tuple[str, str]:
+    """(level, one line): ``("pass", "")``, ``("warn", "check: <reasons>")`` or
+    ``("fail", "not interpretable: <reasons>")``."""
+    level, reasons = verdict_reasons(record, warnings)
+    if level == "pass":
+        return level, ""
     head = "not interpretable: " if level == "fail" else "check: "
-    return level, head + ("; ".join(bad) or "quality control flagged this result")
+    return level, head + ("; ".join(reasons) or "quality control flagged this result")
 
 
 COLUMNS = ("qc_verdict", "qc_reasons", "ood_score", "ood_percentile")  # batch results.tsv (cohort.table)
