@@ -102,6 +102,42 @@ def test_evaluate_end_to_end(tmp_path):
     assert res["severity_trend"] is None  # 3 scans with a severity: too few for a trend
     assert (tmp_path / "eval" / "subjects.tsv").read_text().splitlines()[0].split("\t")[:3] == [
         "subject", "class", "severity"]
+    assert res["prediction_sets"] is None  # the card has no conformal block: no sets, no columns
+    assert "prediction_set" not in (tmp_path / "eval" / "subjects.tsv").read_text()
+
+
+def test_evaluate_measures_prediction_set_coverage(tmp_path):
+    """With a conformal block in the card, evaluate gives every subject its set and the cohort its coverage;
+    checked against the sets made by hand from the probabilities subjects.tsv records."""
+    import csv
+
+    import torch
+
+    grid = [80, 80, 80]
+    classes = ["CN", "EMCI", "MCI", "LMCI", "AD"]
+    card = {"name": "tiny", "version": "0", "class_names": classes,
+            "input_grid": {"shape": grid, "spacing": [1.2] * 3, "orientation": "RAS"},
+            "preprocessing": {"kind": "physical", "centre": "fov"}, "intended_use": "test",
+            "training_data": "none", "conformal": {"coverage": 0.9, "threshold": 0.79}}
+    torch.manual_seed(0)
+    pkg = write_package(tmp_path / "pkg", ClassificationModel3D(grid, 5).state_dict(), card)
+    masked_cohort(tmp_path)
+    res = evaluate.evaluate(pkg, tmp_path, tmp_path / "eval", randomisation_n=0, log=lambda m: None)
+    with open(tmp_path / "eval" / "subjects.tsv") as fh:
+        rows = list(csv.DictReader(fh, delimiter="\t"))
+    covered = []
+    for r in rows:
+        p = [float(r[f"p_{c}"]) for c in classes]
+        expected = [c for c, v in zip(classes, p) if 1 - v <= 0.79] or [classes[int(np.argmax(p))]]
+        assert r["prediction_set"].split(",") == expected
+        covered.append(r["class"] in expected)
+        assert int(r["set_covers_true"]) == covered[-1]
+    sets = res["prediction_sets"]
+    assert sets["n"] == 3 and sets["target_coverage"] == 0.9 and sets["threshold"] == 0.79
+    assert sets["coverage"] == pytest.approx(np.mean(covered))
+    assert sets["mean_set_size"] == pytest.approx(np.mean([len(r["prediction_set"].split(",")) for r in rows]))
+    assert evaluate.summary(res)["prediction_sets"] == sets
+    assert "90% prediction sets: coverage" in (tmp_path / "eval" / "report.html").read_text()
 
 
 def test_grid_step_is_the_diagnosis_before_map_back(tmp_path):

@@ -39,6 +39,7 @@ from addiagnosis.metrics import (
     share_inside,
     spearman,
 )
+from addiagnosis.models.card import prediction_set
 from addiagnosis.research.dataset import Item, load_items
 
 
@@ -152,6 +153,7 @@ def evaluate(package, data, out=None, options: EvaluateOptions | None = None, *,
               "severity_trend": severity_trend([it.severity for it in items], probs, classes),
               "explanation": explanation_summary(rows, classes, method, target, rand),
               "registration": {"median_correlation": _median(corr), "min_correlation": min(corr, default=None)},
+              "prediction_sets": score_prediction_sets(rows, probs, ys, pkg.card.conformal, classes),
               "seconds": round(time.time() - t0, 1)}
     if opts.stability_n > 0:  # twins, noise and input randomisation (research.stability) on the first N scans
         from addiagnosis.research.stability import evaluate_stability
@@ -192,6 +194,22 @@ def scan_row(it: Item, vol, g, rel: np.ndarray, classes: list[str]) -> tuple[dic
     row["rank_accuracy"] = relevance_rank_accuracy(rel, mask)
     row["pointing_game"] = pointing_game(rel, mask)
     return row, mask
+
+
+def score_prediction_sets(rows: list[dict], probs: list, ys: list, conformal, classes) -> dict | None:
+    """With the card's ``conformal`` block: every subject's prediction set (class names, comma-separated, in
+    ``rows``) and whether it holds the true class; returns the cohort's coverage (share of sets holding the
+    true class), mean set size and set-size counts. None (and no columns) for a model without the block."""
+    if conformal is None or not len(ys):
+        return None
+    from addiagnosis.research.calibration import set_metrics
+
+    for row, p, y in zip(rows, probs, ys):
+        members = prediction_set(p, conformal.threshold)
+        row["prediction_set"] = ",".join(classes[i] for i in members)
+        row["set_covers_true"] = int(y in members)
+    return {"target_coverage": conformal.coverage, "threshold": conformal.threshold,
+            **set_metrics(np.asarray(probs), np.asarray(ys), conformal.threshold)}
 
 
 def randomisation_check(trained, randomised) -> tuple[float, float, float]:
@@ -298,6 +316,7 @@ def write_report(result: dict, rows: list[dict], out: Path, classes: list[str], 
 <p>accuracy {_f(clf['accuracy'])}, balanced accuracy {_f(clf['balanced_accuracy'])},
 CN vs AD balanced accuracy {_f(clf.get('cn_vs_ad_balanced_accuracy'))},
 expected calibration error {_f(clf['expected_calibration_error'])}</p>
+{_sets_html(result.get('prediction_sets'))}
 <table><tr><th>class</th><th>recall</th></tr>{recall}</table>
 {_trend_html(result.get("severity_trend"))}
 <img src="confusion.png" alt="confusion matrix">
@@ -310,6 +329,13 @@ expected calibration error {_f(clf['expected_calibration_error'])}</p>
 </body></html>
 """
     (out / "report.html").write_text(page)
+
+
+def _sets_html(sets) -> str:
+    if not sets:
+        return "<p>No prediction sets: the model card has no conformal block.</p>"
+    return (f"<p>{sets['target_coverage']:.0%} prediction sets: coverage {_f(sets['coverage'])} "
+            f"(share of sets holding the true class), mean set size {_f(sets['mean_set_size'])}</p>")
 
 
 def _trend_html(trend) -> str:
@@ -366,6 +392,7 @@ def summary(result: dict) -> dict:
             "cn_vs_ad_balanced_accuracy": clf.get("cn_vs_ad_balanced_accuracy"),
             "per_class_recall": clf["per_class_recall"], "confusion_matrix": clf["confusion_matrix"],
             "expected_calibration_error": clf["expected_calibration_error"],
+            **({"prediction_sets": result["prediction_sets"]} if result.get("prediction_sets") else {}),
             "explanation_method": expl["method"],
             f"median_mass_accuracy_{last}": pc_last.get("median_mass_accuracy"),
             f"median_rank_accuracy_{last}": pc_last.get("median_rank_accuracy"),
