@@ -74,7 +74,8 @@ def test_every_method_name_has_one_implementation():
     assert set(rules.COMPOSITES) == set(METHODS) and len(METHODS) == len(set(METHODS))
     assert all(conv in rules.RULES and dense in rules.RULES for conv, dense in rules.COMPOSITES.values())
     assert cards.DEFAULT_METHOD in METHODS
-    assert sorted(rules.REFERENCE_METHODS) == ["lrp-reference", "lrp-reference-alpha1beta0"]
+    assert sorted(rules.REFERENCE_METHODS) == ["lrp-reference", "lrp-reference-alpha1.25beta0.25",
+                                               "lrp-reference-alpha1beta0"]
     assert tuple(engine.METHOD_CHOICES) == METHOD_CHOICES == ("auto", *METHODS)
     assert engine.SYNTHETIC_NOTICE == cards.SYNTHETIC_NOTICE
     assert tuple(synth.CLASSES) == tuple(train.CLASSES) == cards.CLASSES == ("CN", "EMCI", "MCI", "LMCI", "AD")

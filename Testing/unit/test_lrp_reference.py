@@ -80,7 +80,8 @@ def _slow_reference_lrp(model, x, ref, target, alpha=2.0, eps=1e-12):
     return r[0, 0]
 
 
-@pytest.mark.parametrize("method,alpha", [("lrp-reference", 2.0), ("lrp-reference-alpha1beta0", 1.0)])
+@pytest.mark.parametrize("method,alpha", [("lrp-reference", 2.0), ("lrp-reference-alpha1beta0", 1.0),
+                                          ("lrp-reference-alpha1.25beta0.25", 1.25)])
 def test_matches_the_rule_float64(method, alpha):
     model = random_model(seed=2).double()
     x, ref = _inputs()
@@ -94,6 +95,30 @@ def test_matches_the_rule_float64(method, alpha):
     assert float(ours.sum()) == pytest.approx(1.0, abs=1e-3)
     if alpha == 1.0:  # beta = 0: only positive contributions pass relevance on, so none of it is negative
         assert float(ours.min()) >= 0.0
+
+
+def test_alpha_sets_how_much_negative_relevance_passes():
+    """The three reference rules on one scan: all conserve the output relevance; the negative share grows with
+    beta = alpha - 1 (none at alpha 1, a little at 1.25, as much as the positive surplus at 2), and alpha 1.25's
+    map lies between the other two, nearer alpha 1's."""
+    model = random_model(seed=5).double()
+    x, ref = _inputs(seed=5)
+    engine = FastLRP(model, dtype=torch.float64, stabilizer=1e-12)
+    engine.set_reference(ref)
+    cache = engine.forward(x)
+    maps = {a: engine.relevance(cache, 2, m) for a, m in ((1.0, "lrp-reference-alpha1beta0"),
+                                                        (1.25, "lrp-reference-alpha1.25beta0.25"),
+                                                        (2.0, "lrp-reference"))}
+    neg = {a: float(-r.clamp(max=0).sum()) for a, r in maps.items()}
+    for r in maps.values():
+        assert float(r.sum()) == pytest.approx(1.0, abs=1e-6)
+    assert neg[1.0] == 0.0 and 0.005 < neg[1.25] < 0.1 and neg[2.0] > 0.5, neg  # measured 0, 0.028, 1.04
+
+    def cos(a, b):
+        return float(F.cosine_similarity(maps[a].flatten(), maps[b].flatten(), dim=0))
+
+    assert cos(1.25, 1.0) < 0.9999 and cos(1.25, 2.0) < 0.9999  # a map of its own
+    assert cos(1.25, 1.0) > cos(1.25, 2.0) > cos(1.0, 2.0)  # measured 0.97, 0.68, 0.55
 
 
 def test_float32_engine_agrees_and_reference_itself_gets_nothing():

@@ -26,20 +26,17 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "ADDiagnosis" / "Logic"))
 
-METHODS = ["lrp-reference-alpha1beta0", "lrp-reference", "lrp-alpha1beta0", "lrp-epsilon", "lrp-composite",
-           "gradient-x-input", "guided-backprop"]
+METHODS = ["lrp-reference-alpha1.25beta0.25", "lrp-reference-alpha1beta0", "lrp-reference", "lrp-alpha1beta0",
+           "lrp-epsilon", "lrp-composite", "gradient-x-input", "guided-backprop"]
 
 
 def register_alpha(alpha: float) -> str:
     """An lrp-reference variant with another alpha (beta = alpha - 1) on every layer, in this process only."""
-    import functools
-
     from addiagnosis import engine
     from addiagnosis.explain import rules
 
     name = f"lrp-reference-alpha{alpha:g}"
-    rules.register_rule(name, rules.Rule(functools.partial(rules.dense_reference, alpha=alpha),
-                                         functools.partial(rules.conv_reference, alpha=alpha), needs_reference=True))
+    rules.register_rule(name, rules.reference_rule_with(alpha))
     rules.register_composite(name, name, name)
     engine.METHODS = (*engine.METHODS, name)
     return name

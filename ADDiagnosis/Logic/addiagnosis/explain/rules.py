@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-REFERENCE_ALPHA = 2.0  # alpha-beta rule of lrp-reference (beta = alpha - 1); lrp-reference-alpha1beta0: 1
+REFERENCE_ALPHA = 2.0  # alpha-beta rule of lrp-reference (beta = alpha - 1); the other reference rules: 1, 1.25
 
 
 @dataclass
@@ -221,15 +221,22 @@ def times_input(r, x):
     return r * x
 
 
+def reference_rule_with(alpha: float) -> Rule:
+    """The reference rule with alpha-beta ``alpha``, beta = alpha - 1, on the conv blocks and the dense layers."""
+    return Rule(functools.partial(dense_reference, alpha=alpha), functools.partial(conv_reference, alpha=alpha),
+                needs_reference=True)
+
+
 # ------------------------------------------------------------------------------------------ the registry
 register_rule("epsilon", Rule(dense_epsilon, conv_epsilon))
 register_rule("alphabeta", Rule(dense_alphabeta, conv_alphabeta))  # alpha=1, beta=0
 register_rule("reference", Rule(dense_reference, conv_reference, needs_reference=True))
-register_rule("reference-alpha1beta0", Rule(functools.partial(dense_reference, alpha=1.0),
-                                            functools.partial(conv_reference, alpha=1.0), needs_reference=True))
+register_rule("reference-alpha1beta0", reference_rule_with(1.0))
+register_rule("reference-alpha1.25beta0.25", reference_rule_with(1.25))  # the bundled model's default (issue 19)
 register_rule("gradient", Rule(dense_gradient, conv_gradient, relu_gradient, times_input))
 register_rule("guided", Rule(dense_gradient, conv_guided, relu_guided))
 
+register_composite("lrp-reference-alpha1.25beta0.25", "reference-alpha1.25beta0.25", "reference-alpha1.25beta0.25")
 register_composite("lrp-reference-alpha1beta0", "reference-alpha1beta0", "reference-alpha1beta0")
 register_composite("lrp-reference", "reference", "reference")
 register_composite("lrp-alpha1beta0", "alphabeta", "alphabeta")

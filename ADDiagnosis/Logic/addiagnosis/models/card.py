@@ -45,8 +45,8 @@ CLASSES = ("CN", "EMCI", "MCI", "LMCI", "AD")  # the stages, in order of severit
 
 AUTO_METHOD = "auto"  # the model card's recommended method (``explanation.method``), else DEFAULT_METHOD
 # Explanation methods by name, defined here only; explain.rules registers one implementation per name (tested).
-METHODS = ("lrp-reference-alpha1beta0", "lrp-reference", "lrp-alpha1beta0", "lrp-epsilon", "lrp-composite",
-           "gradient-x-input", "guided-backprop")
+METHODS = ("lrp-reference-alpha1.25beta0.25", "lrp-reference-alpha1beta0", "lrp-reference", "lrp-alpha1beta0",
+           "lrp-epsilon", "lrp-composite", "gradient-x-input", "guided-backprop")
 DEFAULT_METHOD = "lrp-alpha1beta0"
 METHOD_CHOICES = (AUTO_METHOD, *METHODS)
 
