@@ -187,6 +187,8 @@ class ADDiagnosisParameterNode:
     relevanceVolume: Optional[vtkMRMLScalarVolumeNode]  # noqa: UP007, UP045
     probabilityTable: Optional[vtkMRMLTableNode]  # noqa: UP007, UP045
     regionTable: Optional[vtkMRMLTableNode]  # noqa: UP007, UP045
+    keepMaps: bool = True  # a Diagnose with another target / method keeps the map it replaces (for Compare)
+    compareDifference: bool = False  # Compare also shows B - A
 
 
 #
@@ -235,7 +237,19 @@ class ADDiagnosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.regionsSelector.connect("currentNodeChanged(vtkMRMLNode*)", self._onRegions)
         self.ui.clusterSelector.connect("currentIndexChanged(int)", self._onCluster)
         self._clusterTable = None
+        self._setupCompare()
         self.initializeParameterNode()
+
+    def _setupCompare(self):
+        """The Compare section: map B, a run made for comparison, the compare layout and the way back."""
+        self.ui.compareResearchUseLabel.text = RESEARCH_USE
+        self.ui.compareMethodSelector.addItems(METHODS)
+        self.ui.compareSelector.connect("currentIndexChanged(int)", self._checkCanCompare)
+        self.ui.compareCollapsibleButton.connect("contentsCollapsed(bool)", lambda collapsed: self._refreshMaps())
+        self.ui.compareRunButton.connect("clicked(bool)", self.onCompareRun)
+        self.ui.compareButton.connect("clicked(bool)", self.onCompareButton)
+        self.ui.leaveCompareButton.connect("clicked(bool)", self.onLeaveCompare)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeRemovedEvent, self._refreshMaps)
 
     def cleanup(self):
         self._cancel()
@@ -318,6 +332,7 @@ class ADDiagnosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.targetSelector.setCurrentText(p.targetClass)
 
     def _checkCanApply(self, caller=None, event=None):
+        self._refreshMaps()
         if self._job is not None:
             return
         ok = bool(self._parameterNode and self._parameterNode.inputVolume and self._parameterNode.model)
@@ -352,6 +367,8 @@ class ADDiagnosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.targetSelector.addItems(card["class_names"])
             self.ui.modelCardLabel.text = self.logic.cardText(card)
         self.ui.targetSelector.blockSignals(False)
+        self.ui.compareTargetSelector.clear()
+        self.ui.compareTargetSelector.addItems([self.PREDICTED, *(card["class_names"] if card else [])])
         self._onTargetChanged()
 
     def _onTargetChanged(self, index=None):
@@ -388,15 +405,20 @@ class ADDiagnosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._cancel()
             return
         p = self._parameterNode
-        target = p.targetClass or None
+        self._startJob(p.method, p.targetClass or None)
+
+    def _startJob(self, method, target, forComparison=False):
+        """Start a diagnosis of the input scan on the worker; ``forComparison``: its map becomes map B."""
+        p = self._parameterNode
         try:  # the scan is checked here, in the main thread, before anything runs: one line, scene untouched
             self.logic.ensureDependencies(model=p.model)
-            self._job = self.logic.start(p.inputVolume, p.model, p.method, target, p.device)
+            self._job = self.logic.start(p.inputVolume, p.model, method, target, p.device)
         except Exception as exc:
             message = " ".join(str(exc).split()) or type(exc).__name__
             self.ui.statusLabel.text = message
             slicer.util.errorDisplay(message, windowTitle=_("ADDiagnosis"))
             return
+        self._job.forComparison = forComparison
         self._startedAt = time.monotonic()
         self._setRunning(True)
         self._timer.start()
@@ -410,6 +432,7 @@ class ADDiagnosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _setRunning(self, running):
         self.ui.diagnoseButton.text = _("Cancel") if running else _("Diagnose")
         self.ui.diagnoseButton.enabled = True
+        self._checkCanCompare()
         self.ui.progressBar.visible = running
         if running:
             self.ui.progressBar.value = 0
@@ -439,7 +462,10 @@ class ADDiagnosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.util.errorDisplay(message, windowTitle=_("ADDiagnosis"), detailedText=job.details)
             return
         with slicer.util.tryWithErrorDisplay(_("Could not show the results."), waitCursor=True):
-            outputs = self.logic.show(job, self._parameterNode)
+            if getattr(job, "forComparison", False):
+                self._showComparisonMap(self.logic.keepResult(job, self._parameterNode.topPercent))
+                return
+            outputs = self.logic.show(job, self._parameterNode, keepPrevious=self._parameterNode.keepMaps)
             self._showResult(job.result, outputs)
 
     def _showResult(self, result, outputs):
@@ -500,6 +526,81 @@ class ADDiagnosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _onCluster(self, index):
         if self._clusterTable is not None and index >= 1:
             self.logic.jumpToCluster(self._clusterTable, index - 1)
+
+    # --- compare -------------------------------------------------------------------------------------
+    def _refreshMaps(self, caller=None, event=None, select=None):
+        """Map A (the current result) and the choices of map B (every other map in the scene)."""
+        if not hasattr(self, "ui"):
+            return
+        p = self._parameterNode
+        mapA = p.relevanceVolume if p else None
+        self.ui.compareALabel.text = _compare.describe(mapA) if mapA else _("(diagnose a scan first)")
+        others = [m for m in self.logic.comparableMaps() if m is not mapA]
+        selector = self.ui.compareSelector
+        chosen = select.GetID() if select is not None else self._chosenId()
+        ids = [m.GetID() for m in others]
+        if ids != [selector.itemData(i) for i in range(selector.count)]:
+            wasBlocked = selector.blockSignals(True)
+            selector.clear()
+            for node in others:
+                selector.addItem(_compare.describe(node), node.GetID())
+            selector.blockSignals(wasBlocked)
+        if chosen in ids:
+            selector.setCurrentIndex(ids.index(chosen))
+        self._checkCanCompare()
+
+    def _chosenId(self):
+        index = self.ui.compareSelector.currentIndex
+        return self.ui.compareSelector.itemData(index) if index >= 0 else None
+
+    def _mapB(self):
+        nodeId = self._chosenId()
+        return slicer.mrmlScene.GetNodeByID(nodeId) if nodeId else None
+
+    def _checkCanCompare(self, index=None):
+        p = self._parameterNode
+        mapA, mapB, running = (p.relevanceVolume if p else None), self._mapB(), self._job is not None
+        ok = bool(mapA and mapB and not running)
+        self.ui.compareButton.enabled = ok
+        if ok:
+            self.ui.compareButton.toolTip = _("Show A (left) and B (right) side by side, slices linked")
+        elif running:
+            self.ui.compareButton.toolTip = _("Wait for the running diagnosis to finish")
+        elif not mapA:
+            self.ui.compareButton.toolTip = _("Diagnose a scan first: its map is A; a second map is needed as B")
+        else:
+            self.ui.compareButton.toolTip = _(
+                "Only one map: diagnose again with another target class or method (the previous map is kept), "
+                "diagnose another scan, or use 'Run for comparison' to have a map B")
+        self.ui.compareRunButton.enabled = bool(p and p.inputVolume and mapA and not running)
+        self.ui.leaveCompareButton.enabled = self.logic.inCompare()
+
+    def onCompareRun(self):
+        """Diagnose the input again with the chosen target and method; its map becomes B (A stays)."""
+        text = self.ui.compareTargetSelector.currentText
+        self._startJob(self.ui.compareMethodSelector.currentText, None if text in ("", self.PREDICTED) else text,
+                       forComparison=True)
+
+    def _showComparisonMap(self, node):
+        self._refreshMaps(select=node)
+        self.ui.statusLabel.text = _("map B ready in {s:.1f} s: {m}").format(
+            s=time.monotonic() - self._startedAt, m=_compare.describe(node))
+
+    def onCompareButton(self):
+        p = self._parameterNode
+        try:  # the figures come first: on an error nothing in the scene has changed
+            shown = self.logic.compareMaps(p.relevanceVolume, self._mapB(), p.overlayOpacity, p.compareDifference,
+                                           p.topPercent)
+        except Exception as exc:
+            self.ui.compareSummaryLabel.text = _("Could not compare: ") + (" ".join(str(exc).split())
+                                                                           or type(exc).__name__)
+            return
+        self.ui.compareSummaryLabel.text = _compare.summary_text(shown.summary)
+        self._checkCanCompare()
+
+    def onLeaveCompare(self):
+        self.logic.leaveCompare()
+        self._checkCanCompare()
 
 
 #
@@ -671,16 +772,24 @@ class ADDiagnosisLogic(ScriptedLoadableModuleLogic):
         job.inputNode = inputNode
         return job
 
-    def show(self, job, parameterNode=None, regionsNode=None):
+    def show(self, job, parameterNode=None, regionsNode=None, keepPrevious=False):
         """Push a finished job's result into the scene (main thread)."""
-        return self.pushResults(job.inputNode, job.result, parameterNode, regionsNode)
+        return self.pushResults(job.inputNode, job.result, parameterNode, regionsNode, keepPrevious)
 
-    def pushResults(self, inputNode, result, parameterNode=None, regionsNode=None):
+    def pushResults(self, inputNode, result, parameterNode=None, regionsNode=None, keepPrevious=False):
+        """``keepPrevious``: the map this result replaces is kept for Compare when it explains another target or
+        comes from another method or model (a kept map this result repeats is dropped either way)."""
         options = _scene.PushOptions()
         if parameterNode:
             options = _scene.PushOptions(opacity=parameterNode.overlayOpacity, top_percent=parameterNode.topPercent)
-        outputs = _scene.push_results(slicer.mrmlScene, inputNode, result, options,
-                                      vr_logic=slicer.modules.volumerendering.logic())
+
+        def push():
+            return _scene.push_results(slicer.mrmlScene, inputNode, result, options,
+                                       vr_logic=slicer.modules.volumerendering.logic())
+
+        outputs, _kept = _compare.keep_map(slicer.mrmlScene, inputNode, result, push, options.top_percent,
+                                           keep=keepPrevious)
+        _compare.remember_registration(outputs.relevance, result.preprocessing)  # to compare maps of two scans
         self.markQuality(outputs, Verdict.of(result))
         regionsNode = regionsNode or (parameterNode.regions if parameterNode else None)
         outputs.regions = self.regionSummary(inputNode, regionsNode) if regionsNode else None
@@ -731,6 +840,34 @@ class ADDiagnosisLogic(ScriptedLoadableModuleLogic):
         if relA is None or relB is None:
             raise ValueError(_("Diagnose both scans first."))
         return _compare.compare_layout(slicer.mrmlScene, (inputA, relA), (inputB, relB), opacity)
+
+    # --- compare: two maps side by side (addiagnosis.mrml.compare does the work) ------------------------
+    @staticmethod
+    def comparableMaps():
+        """Every relevance map in the scene: the scans' current maps and the maps kept for comparison."""
+        return _compare.maps_in_scene(slicer.mrmlScene)
+
+    @staticmethod
+    def keepResult(job, topPercent=_scene.DEFAULT_TOP_PERCENT):
+        """A finished job's map as a kept map of its scan (the scan's current result is not touched)."""
+        return _compare.keep_result(slicer.mrmlScene, job.inputNode, job.result, topPercent)
+
+    @staticmethod
+    def compareMaps(mapA, mapB, opacity=_scene.DEFAULT_OPACITY, difference=False,
+                    topPercent=_scene.DEFAULT_TOP_PERCENT):
+        """Maps A and B side by side in the compare layout (and B - A when ``difference``), slices linked, with
+        the engine's figures (``.summary``). Raises a one-line error, the scene unchanged, when they cannot be
+        compared."""
+        return _compare.compare_nodes(slicer.mrmlScene, mapA, mapB, opacity, difference, topPercent)
+
+    @staticmethod
+    def leaveCompare():
+        """Back to the layout shown before Compare."""
+        return _compare.leave_compare(slicer.mrmlScene)
+
+    @staticmethod
+    def inCompare():
+        return _compare.in_compare(slicer.mrmlScene)
 
     def process(self, inputNode, model=None, method="auto", target=None, device="cpu",
                 parameterNode=None, regionsNode=None, timeout=None):

@@ -34,7 +34,9 @@ NEWEST = max(TAGS, key=lambda t: tuple(int(x) for x in t.lstrip("v").split("."))
 pytestmark = pytest.mark.skipif(not TAGS, reason=f"Slicer's Python layer not found in {SLICER_PYTHON}")
 
 
-def run_tag(tag: str, tmp_path: Path) -> tuple[dict, list[str]]:
+def run_tag(tag: str, tmp_path: Path, scenarios: Path = STANDINS / "module_scenarios.py") -> tuple[dict, list[str]]:
+    """Run the ``scenarios`` file (pytest) against Slicer's Python layer of ``tag``, in a process of its own;
+    returns the figures it measured and the files the module and its worker opened."""
     metrics, opened = tmp_path / "metrics.json", tmp_path / "opened.txt"
     launcher = make_launcher(tmp_path / "bin")  # PythonSlicer, found on PATH as in an installed Slicer
     (tmp_path / "tmp").mkdir()
@@ -45,11 +47,12 @@ def run_tag(tag: str, tmp_path: Path) -> tuple[dict, list[str]]:
                 "ADDIAGNOSIS_HOME": str(tmp_path / "home"),
                 "PYTHONPATH": os.pathsep.join([str(STANDINS / "blocker"), str(ROOT / "ADDiagnosis" / "Logic")])})
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "--noconftest", "-p", "no:cacheprovider",
-                           "-W", "ignore::DeprecationWarning", str(STANDINS / "module_scenarios.py")],
+                           "-W", "ignore::DeprecationWarning", str(scenarios)],
                           cwd=str(STANDINS), env=env, capture_output=True, text=True, timeout=1500)
     tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-60:])
     assert proc.returncode == 0, f"Slicer {tag} scenarios failed:\n{tail}"
-    return json.loads(metrics.read_text()), opened.read_text().splitlines() if opened.exists() else []
+    figures = json.loads(metrics.read_text()) if metrics.exists() else {}
+    return figures, opened.read_text().splitlines() if opened.exists() else []
 
 
 OPENED: dict[str, list[str]] = {}
@@ -63,6 +66,13 @@ def test_module_against_slicer_python(tag, tmp_path):
     assert metrics["gil_ratio"] <= 1.5 and max(metrics["cancel_to_no_process_s"].values()) < 1.0
     assert set(metrics["cancel_to_no_process_s"]) == {"start", "preprocessing", "explaining", "time limit"}
     assert max(metrics["probabilities"], key=metrics["probabilities"].get) == "AD"
+
+
+@pytest.mark.parametrize("tag", TAGS)
+def test_compare_section_against_slicer_python(tag, tmp_path):
+    """The panel's Compare section (issue 20 item 4), each tag in its own process: Testing/slicer/compare_scenarios.py
+    (two Diagnoses, the compare layout with linked slices, the figures, the difference, the way back)."""
+    run_tag(tag, tmp_path, Path(__file__).resolve().parent / "compare_scenarios.py")
 
 
 def test_cmake_installs_every_file_the_module_opens(tmp_path):

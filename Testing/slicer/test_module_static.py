@@ -60,7 +60,9 @@ def test_cmake_selects_the_engine_and_the_data_the_module_needs():
 
 @pytest.mark.parametrize("widget", ["diagnoseButton", "importButton", "loadExampleButton", "opacitySlider",
                                     "thresholdSlider", "modelSelector", "targetSelector", "deviceSelector",
-                                    "inputSelector"])
+                                    "inputSelector", "compareSelector", "compareTargetSelector",
+                                    "compareMethodSelector", "compareRunButton", "keepMapsCheckBox",
+                                    "differenceCheckBox", "compareButton", "leaveCompareButton"])
 def test_widget_has_tooltip(widget):
     props = {p.get("name") for p in ui_widgets()[widget].findall("property")}
     assert "toolTip" in props

@@ -261,7 +261,19 @@ class QToolButton(QAbstractButton):
 
 
 class QCheckBox(QAbstractButton):
+    """Checkable: a click toggles it and emits stateChanged (0 unchecked, 2 checked), as Qt's does."""
+
     SIGNALS = ("stateChanged",)
+
+    def __init__(self, text="", parent=None):
+        super().__init__(text, parent)
+        self.checkable = True
+
+    def click(self):
+        clicked = super().click()
+        if clicked:
+            self.stateChanged.emit(2 if self.checked else 0)
+        return clicked
 
 
 class QProgressBar(QWidget):
