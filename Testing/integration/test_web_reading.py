@@ -5,25 +5,19 @@ against `addiagnosis diagnose`'s report of the same example scan. Uses test_web.
 from __future__ import annotations
 
 import json
+import statistics
 import time
 
 import numpy as np
 import pytest
 from test_web import browser, open_page, server, set_state, state, wait_for_overlay  # noqa: F401 - fixtures
+from web_timing import SETTLE_S, apart_pair, click_to_new_slices, row_selector
 
 from addiagnosis.cli.main import main as cli_main
 from addiagnosis.resources import default_scan
 
 HIPPOCAMPUS_MNI = (-26.0, -20.0, -14.0)
-# timed in the page (performance.now), from the click to the page state holding the new slice positions
-CLICK_AND_WAIT = """([selector, keys]) => new Promise(resolve => {
-  const read = () => JSON.stringify(keys.map(k => window.trame.state.get(k)));
-  const before = read(), t0 = performance.now();
-  document.querySelector(selector).click();
-  const tick = () => read() !== before ? resolve(performance.now() - t0)
-    : performance.now() - t0 > 10000 ? resolve(-1) : setTimeout(tick, 1);
-  tick();
-})"""
+CLICKS = 7  # cluster rows clicked in turn (two rows whose peaks are apart in every axis)
 # the same for the pointer: a mousemove at a place of a view, to the readout's text changing
 MOVE_AND_WAIT = """([selector, x, y]) => new Promise(resolve => {
   const el = document.querySelector(selector), out = document.querySelector('#cursor-readout');
@@ -57,6 +51,20 @@ def ras_of(text: str) -> np.ndarray:
     return np.array([float(v) for v in text.split("(")[1].split(")")[0].split(",")])
 
 
+def at_peak(page, cluster) -> None:
+    """The slices went through ``cluster``'s peak (snapped to the nearest voxel plane), its row is the one marked,
+    and the readout reads the peak: its region and position."""
+    r, a, s = cluster["peak_ras"]
+    assert state(page, "slice_axial") == pytest.approx(s, abs=1.0)
+    assert state(page, "slice_coronal") == pytest.approx(a, abs=1.0)
+    assert abs(state(page, "slice_sagittal")) == pytest.approx(abs(r), abs=1.0)
+    assert page.locator("#clusters .addiagnosis-cluster.selected").count() == 1
+    assert "selected" in page.get_attribute(row_selector(cluster["index"]), "class")
+    page.wait_for_function("r => document.querySelector('#cursor-readout').innerText.startsWith(r)",
+                           arg=cluster["peak_region"] or "(")
+    np.testing.assert_allclose(ras_of(page.inner_text("#cursor-readout")), cluster["peak_ras"], atol=0.051)
+
+
 def test_cluster_rows_and_cursor_readout(server, browser, reference):  # noqa: F811 - fixtures from test_web
     context = browser.new_context(viewport={"width": 1440, "height": 900})
     page = open_page(context, server["url"])
@@ -70,17 +78,17 @@ def test_cluster_rows_and_cursor_readout(server, browser, reference):  # noqa: F
     rows = state(page, "clusters")
     assert [r["index"] for r in rows] == [c["index"] for c in reference["clusters"][:12]]
     assert rows[0]["region"] == (reference["clusters"][0]["peak_region"] or "outside the atlas regions")
-    keys = ("slice_axial", "slice_coronal", "slice_sagittal")
-    before = [state(page, k) for k in keys]
-    target = max(reference["clusters"][: len(rows)],  # the peak farthest from where the slices are
-                 key=lambda c: abs(c["peak_ras"][2] - before[0]) + abs(c["peak_ras"][1] - before[1]))
-    click_s = page.evaluate(CLICK_AND_WAIT, [f"#clusters .addiagnosis-cluster[data-index='{target['index']}']",
-                                             list(keys)]) / 1000.0
-    assert click_s >= 0, "the slices did not move"
-    r, a, s = target["peak_ras"]
-    assert state(page, "slice_axial") == pytest.approx(s, abs=1.0)  # snapped to the nearest voxel plane
-    assert state(page, "slice_coronal") == pytest.approx(a, abs=1.0)
-    assert abs(state(page, "slice_sagittal")) == pytest.approx(abs(r), abs=1.0)
+    peaks = {c["index"]: c for c in reference["clusters"]}
+    a, b, apart = apart_pair(rows)
+    assert apart > 3.0, (a, b)  # going from one peak to the other moves every slice view
+    times = []  # (s to the new positions in the page, s to new pictures in all three slice views)
+    for n in range(CLICKS):
+        row = (a, b)[n % 2]
+        state_s, pixels_s = click_to_new_slices(page, row["index"])
+        assert state_s >= 0 and pixels_s >= 0, f"cluster {row['index']}: the slices or their pictures did not change"
+        at_peak(page, peaks[row["index"]])
+        times.append((state_s, pixels_s))
+        time.sleep(SETTLE_S)
     # the axial slice through the left hippocampus (where the registration puts MNI -26, -20, -14)
     m = np.asarray(reference["preprocessing"]["mni_to_input_ras"])
     goal = (m @ np.append(HIPPOCAMPUS_MNI, 1.0))[:3]
@@ -99,6 +107,10 @@ def test_cluster_rows_and_cursor_readout(server, browser, reference):  # noqa: F
     here = ras_of(text)
     assert np.abs(here[:2] - goal[:2]).max() < 1.5 and abs(here[2] - goal[2]) < 1.0, (text, goal)
     assert text.startswith("Left Hippocampus · (") and "intensity" in text and "relevance" in text
-    print(f"\ncluster click -> slices moved: {click_s:.3f} s; pointer -> readout: {readout_s:.3f} s; {text}")
-    assert readout_s < 1.0 and click_s < 2.0
+    state_s, pixels_s = ([t[i] for t in times[1:]] for i in (0, 1))  # the first click came from the result's centre
+    print(f"\ncluster click -> new slice positions in the page: median {statistics.median(state_s):.3f} s, max "
+          f"{max(state_s):.3f} s; -> all three slice views show the new slices: median "
+          f"{statistics.median(pixels_s):.3f} s, max {max(pixels_s):.3f} s ({len(pixels_s)} clicks); "
+          f"pointer -> readout: {readout_s:.3f} s; {text}")
+    assert readout_s < 1.0 and max(pixels_s) < 3.0  # generous for a loaded 2-core machine: the figure is printed
     context.close()

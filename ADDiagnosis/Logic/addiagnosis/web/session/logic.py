@@ -75,6 +75,7 @@ class Session:
         self.uploads.mkdir(parents=True, exist_ok=True)
         self.runtime = SlicerRuntime()
         self.scene = self.runtime.scene
+        self.jumping = False  # slices moving together (go_to_cluster): their positions go to the page at once
         self.views = SessionViews(server, self.runtime, self._slice_moved)
         self.input_node = self.volume = self.outputs = self.result = None
         self.request: tuple | None = None  # (model, method, target) of the result on show
@@ -337,28 +338,36 @@ class Session:
         row = next((r for r in self.page.clusters or [] if r["index"] == index), None)
         if row is None or self.input_node is None:
             return
-        with self.views.held():  # no render per view: one render each afterwards
-            self.views.jump_to(row["ras"])
-            positions = self.views.slice_positions()
+        # one render per view afterwards, staged: the page hears of the three new positions (one message) first,
+        # then the slice views draw and are sent, then the 3D view (its axial slice moved too)
+        self.jumping = True  # the positions go to the page together, not one message per slice view
+        try:
+            with self.views.held(staged=True):
+                self.views.jump_to(row["ras"])
+                positions = self.views.slice_positions()
+        finally:
+            self.jumping = False
         with self.page as page:
             for key, value in positions.items():
                 page.trame[slice_key(key)] = value
-        try:  # drawn after this handler returns: the page hears of the new positions first
-            asyncio.get_running_loop().call_soon(self.views.render, True)
-        except RuntimeError:  # no event loop (called outside the server)
-            self.views.render(slices_only=True)
+            page.cluster_index = row["index"]
+            page.cursor_text = self._readout_text(row["ras"])  # what the peak reads, till the pointer moves
 
     def cursor(self, key, fx, fy) -> None:
         """The readout under the pointer in slice view ``key`` (``fx``, ``fy``: fractions of the view from its
         top-left corner): position, the scan's intensity, the relevance and the atlas region there."""
-        from addiagnosis.mrml.atlas import cursor_readout
-
         if self.input_node is None or key not in self.views.slices:
             return
         try:
             ras = self.views.ras_at(key, float(fx), float(fy))
         except (TypeError, ValueError):
             return
+        self.page.cursor_text = self._readout_text(ras)
+
+    def _readout_text(self, ras) -> str:
+        """Region · position (RAS mm) · intensity · relevance at ``ras``, as the page shows it."""
+        from addiagnosis.mrml.atlas import cursor_readout
+
         out = cursor_readout(self.input_node, ras)
         parts = [out["region"]] if out["region"] else []  # first: the part read most, never cut off
         parts.append("({:.1f}, {:.1f}, {:.1f}) mm RAS".format(*out["ras"]))
@@ -366,7 +375,7 @@ class Session:
             parts.append(f"intensity {out['intensity']:.4g}")
         if out["relevance"] is not None:
             parts.append(f"relevance {out['relevance']:.3g}")
-        self.page.cursor_text = " · ".join(parts)
+        return " · ".join(parts)
 
     def _write_downloads(self, volume, result) -> None:
         """The CLI's files (same writer); the report names the scan as the user did, no server folder."""
@@ -427,6 +436,8 @@ class Session:
         self.views.set_slice(key, value)
 
     def _slice_moved(self, key: str) -> None:
+        if self.jumping:
+            return
         value = self.views.slice_value(key)
         shown = self.page.slice_value(key)
         if shown is not None and abs(shown - value) > 1e-6:

@@ -79,6 +79,7 @@ class PageState:
     seconds = Key("", "result")
     threshold_text = Key("", "result")  # the Top % threshold as a value and the shares it shows
     clusters = Key([], "result")  # [{index, text, ras}]: clusters above the threshold, largest share first
+    cluster_index = Key(0, "result")  # the cluster row last clicked (the slices went to its peak); 0: none
     cursor_text = Key("", "result")  # what the pointer reads in a slice view: position, intensity, relevance, region
     downloads_ready = Key(False, "result")
     download_stamp = Key(0)

@@ -128,7 +128,8 @@ def _clusters(session) -> None:
 
     with html.Div(v_if=f"{S.clusters}.length", id="clusters", classes="addiagnosis-clusters mt-2"):
         html.Div("Clusters (region at the peak): click to go there", classes="text-caption text-medium-emphasis")
-        with html.Div(v_for=f"c in {S.clusters}", key="c.index", classes="addiagnosis-cluster",
+        with html.Div(v_for=f"c in {S.clusters}", key="c.index",
+                      classes=(f"'addiagnosis-cluster' + (c.index === {S.cluster_index} ? ' selected' : '')",),
                       click=(session.go_to_cluster, "[c.index]"), data_index=("c.index",),
                       __properties=[("data_index", "data-index")]):
             html.Span("{{ c.index }}. {{ c.region }}", classes="addiagnosis-cluster-region")
