@@ -61,3 +61,49 @@ def test_poor_registration_warns():
     noise = Volume(rng.random((60, 60, 60)).astype(np.float32) * 100, np.diag([3.0, 3.0, 3.0, 1.0]), "noise")
     prep = prepare(noise, CARD)
     assert prep.info["registration"]["quality"] == "poor" and prep.info["warnings"]
+
+
+def true_mni_to_scanner(pose: dict, head_scale: float) -> np.ndarray:
+    """Where synth put each MNI point: its head scaling about the atlas grid's centre, then the scanner pose."""
+    from addiagnosis.prep.template import atlas
+
+    A = atlas()
+    c = (np.asarray(A.shape) - 1) / 2.0
+    scale = np.eye(4)
+    scale[:3, :3] *= head_scale
+    scale[:3, 3] = (1.0 - head_scale) * c
+    return np.asarray(pose["scanner_from_mni"]) @ A.affine @ scale @ np.linalg.inv(A.affine)
+
+
+def test_small_head_is_aligned():
+    """A head 20 % smaller than the template (wide-variety deformation, 2 mm LPS): the standard registration's
+    affine stage threw it 10-20 mm off (correlation 0.2-0.4, QC fail); the fallback attempt aligns it."""
+    from addiagnosis.research import qcset
+
+    vol, pose = qcset.subject(31, 1, "erode", spacing=[2.0, 2.0, 2.0], orientation="LPS", head_scale=0.8)
+    prep = prepare(vol, CARD)
+    reg = prep.info["registration"]
+    err = align.landmark_error(np.asarray(prep.info["mni_to_input_ras"]), true_mni_to_scanner(pose, 0.8))
+    assert err < 2.0, (err, reg.get("attempts"))
+    assert reg["quality"] == "good" and reg["correlation"] > 0.7 and not prep.info["warnings"]
+    scale = np.linalg.det(np.asarray(prep.info["mni_to_input_ras"])[:3, :3]) ** (1 / 3)
+    assert abs(scale - 0.8) < 0.02, scale
+
+
+def test_head_that_registers_well_takes_no_fallback(subject):
+    """The fallback runs only when the first attempt fails its quality check: a good head keeps the standard
+    registration to the last bit (the bundled model's inputs do not change)."""
+    vol, _ = subject
+    standard, _ = align.register_to_template(vol)
+    prep = prepare(vol, CARD)
+    assert "attempts" not in prep.info["registration"] and prep.info["registration"]["attempt"] == "standard"
+    assert np.array_equal(np.asarray(prep.info["mni_to_input_ras"]), standard)
+
+
+def test_robust_attempt_aligns_a_normal_head_as_well(subject):
+    """The fallback's backtracking stages, forced on a head the standard attempt aligns: as close to the truth."""
+    vol, pose = subject
+    m, info = align.register_to_template(vol, robust=True)
+    assert info["attempt"] == "robust" and info["converged"]
+    assert all(st["tries"] and st["metric"] <= st["start_metric"] for st in info["stages"])
+    assert align.landmark_error(m, pose["scanner_from_mni"]) < 2.0

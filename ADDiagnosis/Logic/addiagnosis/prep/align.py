@@ -11,7 +11,9 @@ Steps, all recorded in ``Prepared.info`` (and so in ``report.json``):
    transform starts at the head's centre of mass; Mattes mutual information is evaluated at every voxel of
    the template's head mask (a grid the template fixes, never the scan); a similarity transform at 8 mm,
    then a 12-parameter affine at 8 mm and 4 mm, each run until its step falls below ``MIN_STEP`` mm
-   (convergence, recorded per stage; a warning when a stage stops at its iteration cap instead);
+   (convergence, recorded per stage; a warning when a stage stops at its iteration cap instead); only when
+   this attempt fails its quality check (step 5), a second one whose stages backtrack (a stage that ends worse
+   than it started runs again with a smaller first step), kept if its quality is better;
 3. one trilinear resampling of the scan onto the model grid (RAS, MNI mm, shape/spacing from the card);
 4. brain mask from the template (skull and background set to 0 unless ``skull_strip`` is false),
    percentile normalisation inside the brain;
@@ -56,6 +58,8 @@ STAGES = (  # (transform, shrink factor of the 4 mm template, smoothing sigma in
     ("affine", 2, 4.0, 1.0),
     ("affine", 1, 2.0, 0.5),
 )
+ROBUST_TRIES = 3  # the fallback attempt: a stage that got worse runs again with a smaller first step ...
+ROBUST_STEP_DIVISOR = 4.0  # ... divided by this each time
 
 
 def _sitk():
@@ -244,7 +248,8 @@ def _as_affine(sitk, tx):
 
 
 def _run_stage(sitk, images, tx, stage, min_step: float, max_iterations: int) -> dict:
-    """One registration stage, updating ``tx`` in place; returns its record for the quality report."""
+    """One registration stage, updating ``tx`` in place; returns its record for the quality report (with the
+    metric where it started, at this stage's level)."""
     fixed, fmask, moving = images
     kind, shrink, sigma, step = stage
     r = sitk.ImageRegistrationMethod()
@@ -260,16 +265,54 @@ def _run_stage(sitk, images, tx, stage, min_step: float, max_iterations: int) ->
     r.SetSmoothingSigmasPerLevel([sigma])
     r.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
     r.SetInitialTransform(tx, inPlace=True)
+    start = []
+    r.AddCommand(sitk.sitkIterationEvent, lambda: start.append(r.GetMetricValue()) if not start else None)
     ts = time.perf_counter()
     r.Execute(fixed, moving)
     stop = r.GetOptimizerStopConditionDescription()
-    return {"transform": kind, "level_mm": FIXED_SPACING * shrink, "smoothing_mm": sigma,
+    return {"transform": kind, "level_mm": FIXED_SPACING * shrink, "smoothing_mm": sigma, "first_step": step,
             "iterations": int(r.GetOptimizerIteration()), "metric": float(r.GetMetricValue()),
+            "start_metric": float(start[0]) if start else None,
             "converged": _converged(stop), "stop": stop[:160], "seconds": round(time.perf_counter() - ts, 3)}
 
 
+def _worse(rec: dict) -> bool:
+    return rec["start_metric"] is not None and rec["metric"] > rec["start_metric"]
+
+
+def _robust_stage(sitk, images, tx, stage, min_step: float, max_iterations: int) -> dict:
+    """A stage of the fallback attempt, with backtracking. Regular-step gradient descent takes its steps in
+    *parameter* space and does not check that they descend: when the gradient points mostly along the matrix,
+    a first step of 1 changes a matrix element by up to 1 (~100 mm at the edge of the head); on 2 of 32
+    wide-variety heads that threw a converged similarity far off (the affine stage ended at a third of the
+    metric it started from) and the registration failed. Here a stage that ends worse than it started, or
+    stops at its iteration cap, runs again from the same start with its first step divided by
+    ``ROBUST_STEP_DIVISOR`` (up to ``ROBUST_TRIES`` times); the best try that did not get worse is kept, and
+    if every try got worse, the stage is undone (the previous stage's transform stands)."""
+    kind, shrink, sigma, step = stage
+    before, tries = tx.GetParameters(), []
+    for k in range(ROBUST_TRIES):
+        tx.SetParameters(before)
+        rec = _run_stage(sitk, images, tx, (kind, shrink, sigma, step / ROBUST_STEP_DIVISOR ** k), min_step,
+                         max_iterations)
+        tries.append((rec, tx.GetParameters()))
+        if rec["converged"] and not _worse(rec):
+            break
+    kept = [t for t in tries if not _worse(t[0])]
+    summary = [{k: r[k] for k in ("first_step", "iterations", "metric", "converged")} for r, _ in tries]
+    seconds = round(sum(r["seconds"] for r, _ in tries), 3)
+    if not kept:
+        tx.SetParameters(before)
+        rec = {**tries[0][0], "metric": tries[0][0]["start_metric"], "converged": True, "undone": True,
+               "stop": "undone: every try ended worse than it started"}
+    else:
+        rec, params = min(kept, key=lambda t: (not t[0]["converged"], t[0]["metric"]))
+        tx.SetParameters(params)
+    return {**rec, "tries": summary, "seconds": seconds}
+
+
 def register_to_template(volume: Volume, max_iterations: int = MAX_ITERATIONS,
-                         min_step: float = MIN_STEP) -> tuple[np.ndarray, dict]:
+                         min_step: float = MIN_STEP, robust: bool = False) -> tuple[np.ndarray, dict]:
     """Affine registration; returns ``mni_to_input_ras`` (4x4, MNI RAS mm -> scan RAS mm) and details.
 
     Independent of how the scan is stored: the scan is block-averaged, its background (below a threshold
@@ -278,6 +321,8 @@ def register_to_template(volume: Volume, max_iterations: int = MAX_ITERATIONS,
     (Mattes mutual information) is evaluated at every voxel of the template's head mask (a grid fixed by
     the template, never by the scan); each stage (similarity 8 mm, affine 8 mm,
     affine 4 mm) runs until its step is below ``min_step`` mm (converged) or ``max_iterations`` (not).
+    ``robust``: the fallback attempt (stages with backtracking, :func:`_robust_stage`), which
+    :func:`template` makes when the first one's quality check fails.
     """
     sitk = _sitk()
     t0 = time.perf_counter()
@@ -295,15 +340,16 @@ def register_to_template(volume: Volume, max_iterations: int = MAX_ITERATIONS,
         for kind, shrink, sigma, step in STAGES:
             if kind == "affine" and not isinstance(tx, sitk.AffineTransform):
                 tx = _as_affine(sitk, tx)
-            stages.append(_run_stage(sitk, (fixed, fmask, moving), tx, (kind, shrink, sigma, step),
-                                     min_step, max_iterations))
+            run = _robust_stage if robust else _run_stage
+            stages.append(run(sitk, (fixed, fmask, moving), tx, (kind, shrink, sigma, step), min_step, max_iterations))
     m_lps = transform_matrix(tx)
     mni_to_input = FLIP @ m_lps @ FLIP
     converged = all(s["converged"] for s in stages)
     details = {"method": "SimpleITK similarity (8 mm) + affine (8 mm, 4 mm), Mattes MI (32 bins) at every voxel "
                          "of the template head mask; scan block-averaged to ~3 mm, background zeroed, "
                          "resampled onto a 3 mm RAS lattice around the head; start at the head's centre of mass",
-               "converged": converged, "min_step_mm": float(min_step), "max_iterations": int(max_iterations),
+               "attempt": "robust" if robust else "standard", "converged": converged,
+               "min_step_mm": float(min_step), "max_iterations": int(max_iterations),
                "iterations": int(sum(s["iterations"] for s in stages)), "stages": stages,
                "metric": stages[-1]["metric"], "stop": stages[-1]["stop"],
                "seconds": round(time.perf_counter() - t0, 3)}
@@ -365,14 +411,16 @@ def template_reference(spec: dict, grid: dict) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32)).reshape(1, 1, *shape)
 
 
-@register("template")
-def template(volume: Volume, spec: dict, grid: dict) -> Prepared:
-    shape, spacing, centre = model_grid(spec, grid)
-    if volume.array.ndim != 3:
-        raise InputError(f"template alignment needs a 3D scan, got shape {volume.array.shape}")
-    mni_to_input, reg = register_to_template(volume, int(spec.get("max_iterations", MAX_ITERATIONS)))
-    g_aff = grid_affine(shape, spacing, centre)
-    grid_to_input = np.linalg.inv(volume.ijk_to_ras) @ mni_to_input @ g_aff
+QUALITY_RANK = {"poor": 0, "not converged": 1, "good": 2}
+
+
+def _attempt(volume: Volume, spec: dict, layout: tuple, robust: bool) -> dict:
+    """One registration and what the quality check needs: the resampled, normalised scan on the model grid
+    and its correlation with the template inside the brain (recorded with the quality in the registration)."""
+    shape, spacing, centre = layout
+    mni_to_input, reg = register_to_template(volume, int(spec.get("max_iterations", MAX_ITERATIONS)),
+                                             robust=robust)
+    grid_to_input = np.linalg.inv(volume.ijk_to_ras) @ mni_to_input @ grid_affine(shape, spacing, centre)
     data = resample(volume.array, grid_to_input, shape)
     tmpl, brain = template_on_grid(shape, spacing, centre)
     data, norm_info = _normalise(data, brain, spec)
@@ -380,6 +428,40 @@ def template(volume: Volume, spec: dict, grid: dict) -> Prepared:
     if not np.isfinite(corr):
         corr = 0.0
     min_corr = float(spec.get("min_correlation", MIN_CORRELATION))
+    reg.update({"similarity": "pearson correlation with the template inside the brain",
+                "correlation": corr, "min_correlation": min_corr,
+                # "good" needs convergence as well: every aligned head reaches a similar correlation
+                "quality": "poor" if corr < min_corr else ("good" if reg["converged"] else "not converged")})
+    return {"mni_to_input": mni_to_input, "reg": reg, "data": data, "norm": norm_info,
+            "grid_to_input": grid_to_input}
+
+
+def _aligned(volume: Volume, spec: dict, layout: tuple) -> dict:
+    """The standard registration; only when its quality check fails (poor correlation or a stage that did not
+    converge), a second, robust attempt (:func:`_robust_stage`), kept if its quality is better (then its
+    correlation). Heads that register well keep the standard result bit for bit."""
+    first = _attempt(volume, spec, layout, robust=False)
+    if first["reg"]["quality"] == "good":
+        return first
+    second = _attempt(volume, spec, layout, robust=True)
+    rank = [(QUALITY_RANK[a["reg"]["quality"]], a["reg"]["correlation"]) for a in (first, second)]
+    chosen = second if rank[1] > rank[0] else first
+    chosen["reg"]["attempts"] = [{k: a["reg"][k] for k in ("attempt", "quality", "correlation", "metric",
+                                                          "converged", "seconds")} for a in (first, second)]
+    chosen["reg"]["seconds"] = round(first["reg"]["seconds"] + second["reg"]["seconds"], 3)
+    return chosen
+
+
+@register("template")
+def template(volume: Volume, spec: dict, grid: dict) -> Prepared:
+    shape, spacing, centre = model_grid(spec, grid)
+    if volume.array.ndim != 3:
+        raise InputError(f"template alignment needs a 3D scan, got shape {volume.array.shape}")
+    best = _aligned(volume, spec, (shape, spacing, centre))
+    reg, data, grid_to_input, mni_to_input = best["reg"], best["data"], best["grid_to_input"], best["mni_to_input"]
+    corr, min_corr = reg["correlation"], reg["min_correlation"]
+    tmpl, brain = template_on_grid(shape, spacing, centre)
+    g_aff = grid_affine(shape, spacing, centre)
     warnings = []
     if not reg["converged"]:
         warnings.append("template registration did not converge (" + "; ".join(
@@ -395,14 +477,10 @@ def template(volume: Volume, spec: dict, grid: dict) -> Prepared:
     input_to_grid = np.linalg.inv(grid_to_input)
     to_input = resample_back(grid_to_input, in_shape)
     input_mask = resample(brain.astype(np.float32), input_to_grid, in_shape) > 0.5
-    reg.update({"similarity": "pearson correlation with the template inside the brain",
-                "correlation": corr, "min_correlation": min_corr,
-                # "good" needs convergence as well: every aligned head reaches a similar correlation
-                "quality": "poor" if corr < min_corr else ("good" if reg["converged"] else "not converged")})
     info = {"kind": "template", "template": "MNI ICBM152 2009a nonlinear symmetric (nilearn), 2 mm, "
                                             "synthetic head",
             "registration": reg, "mni_to_input_ras": mni_to_input.tolist(),
             "grid_affine": g_aff.tolist(), "grid_to_input_ijk": grid_to_input.tolist(),
             "interpolation": "trilinear", "skull_strip": bool(spec.get("skull_strip", True)),
-            "normalisation": norm_info, "warnings": warnings}
+            "normalisation": best["norm"], "warnings": warnings}
     return Prepared(tensor, to_input, info, grid_affine=g_aff, input_mask=input_mask, mask_name="brain")
