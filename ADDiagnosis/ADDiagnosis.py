@@ -492,6 +492,7 @@ class ADDiagnosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.resultsCollapsibleButton.collapsed = False
         self.ui.statusLabel.text = _("done in {s:.1f} s").format(s=time.monotonic() - self._startedAt)
         self._fillClusters(getattr(outputs, "clusters", None))
+        self.ui.compareSummaryLabel.text = ""  # the figures were of the map this result replaced
 
     def _onOpacity(self, value):
         rel = self._parameterNode.relevanceVolume if self._parameterNode else None

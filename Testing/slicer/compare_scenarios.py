@@ -290,7 +290,9 @@ def test_keeping_switched_off_and_back_to_one_map(app):
     w.ui.keepMapsCheckBox.click()
     assert not p.keepMaps
     w.ui.targetSelector.setCurrentText("AD")
+    assert w.ui.compareSummaryLabel.text  # the one-line error of the test before
     run(w, w.ui.diagnoseButton)  # CN is replaced, not kept; the kept AD map is the current one now: dropped
+    assert w.ui.compareSummaryLabel.text == ""  # no figures of a map that is not shown any more
     kept = scene_compare.kept_maps(p.inputVolume)
     assert [scene_compare.describe(k)[-len("(MCI, lrp-epsilon)"):] for k in kept] == ["(MCI, lrp-epsilon)"]
     assert w.ui.compareSelector.count == 1 and w.ui.compareButton.enabled
@@ -299,3 +301,43 @@ def test_keeping_switched_off_and_back_to_one_map(app):
     assert not w.ui.compareButton.enabled and w.ui.compareButton.toolTip.startswith("Only one map")
     w.ui.keepMapsCheckBox.click()
     assert p.keepMaps
+
+
+def test_a_follow_up_against_its_baseline(app):
+    """Two scans of one subject (the follow-up on another grid, 6 mm and 3 voxels away): B is carried onto A's scan
+    through both diagnoses' registrations to MNI; the figures are the engine's on A's grid."""
+    from addiagnosis.explain.comparison import compare_maps
+    from addiagnosis.mrml import compare as scene_compare
+    from addiagnosis.mrml.nodes import node_ijk_to_ras
+
+    slicer, module, w = app
+    p = w._parameterNode
+    baseline, mapBaseline = p.inputVolume, p.relevanceVolume
+    w.ui.targetSelector.setCurrentText("AD")
+    arr = slicer.util.arrayFromVolume(baseline)[3:, :, :].astype(np.float32)  # KJI: three axial slices fewer
+    shift = np.eye(4)
+    shift[:3, 3] = (0.0, 6.0, 0.0)
+    crop = np.eye(4)
+    crop[2, 3] = 3.0  # voxel k of the follow-up is voxel k + 3 of the baseline
+    ijk_to_ras = shift @ node_ijk_to_ras(baseline) @ crop
+    followUp = slicer.util.addVolumeFromArray(arr, ijkToRAS=ijk_to_ras, name="follow-up")
+    p.inputVolume = followUp
+    result = run(w, w.ui.diagnoseButton)
+    mapFollowUp = p.relevanceVolume
+    assert w.ui.compareALabel.text.startswith("follow-up relevance (AD")
+    w.ui.compareSelector.setCurrentText(scene_compare.describe(mapBaseline))
+    assert w._mapB() is mapBaseline and w.ui.compareButton.enabled
+    assert w.ui.compareButton.click()
+    for name in scene_compare.LEFT:
+        assert composite(slicer, name).GetBackgroundVolumeID() == followUp.GetID()
+    for name in scene_compare.RIGHT:
+        comp = composite(slicer, name)
+        assert comp.GetBackgroundVolumeID() == baseline.GetID() and comp.GetForegroundVolumeID() == mapBaseline.GetID()
+    assert moved_together(slicer, "Yellow", "CompareYellow")
+    first = RESULTS["AD"]
+    engine = compare_maps(result.relevance, result.preprocessing, first.relevance, first.preprocessing, on="a")
+    assert engine.summary["space"] == "a"
+    assert w.ui.compareSummaryLabel.text == scene_compare.summary_text(engine.summary)
+    assert "compared on A's scan" in w.ui.compareSummaryLabel.text and 0.5 < engine.summary["correlation"] < 1.0
+    w.ui.leaveCompareButton.click()
+    assert mapFollowUp is p.relevanceVolume
