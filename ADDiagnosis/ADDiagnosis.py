@@ -871,10 +871,11 @@ class ADDiagnosisLogic(ScriptedLoadableModuleLogic):
         return _compare.in_compare(slicer.mrmlScene)
 
     def process(self, inputNode, model=None, method="auto", target=None, device="cpu",
-                parameterNode=None, regionsNode=None, timeout=None):
+                parameterNode=None, regionsNode=None, timeout=None, keepPrevious=False):
         """Blocking: diagnose ``inputNode`` (in the worker process) and push the results into the scene.
 
-        ``model``: a package name, folder or ModelPackage (None: the default). Returns (result, outputs)."""
+        ``model``: a package name, folder or ModelPackage (None: the default). ``keepPrevious``: keep the map this
+        result replaces for Compare (another target, method or model). Returns (result, outputs)."""
         start = time.time()
         self.ensureDependencies(model=self.modelPath(model))
         job = self.start(inputNode, model, method, target, device)
@@ -884,7 +885,7 @@ class ADDiagnosisLogic(ScriptedLoadableModuleLogic):
             time.sleep(0.02)
         if job.error is not None:
             raise RuntimeError(" ".join(str(job.error).split()))
-        outputs = self.show(job, parameterNode, regionsNode)
+        outputs = self.show(job, parameterNode, regionsNode, keepPrevious)
         logging.info(f"ADDiagnosis: {job.result.predicted} in {time.time() - start:.1f} s. {RESEARCH_USE}")
         return job.result, outputs
 
@@ -984,6 +985,25 @@ class ADDiagnosisTest(ScriptedLoadableModuleTest):
         second, _ = logic.process(inputNode, package, method="lrp-epsilon", target="AD")
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), count)
         self.assertEqual(second.worker["pid"], result.worker["pid"])  # the same warm worker
+        self._checkCompare(logic, inputNode, package)
+
+    def _checkCompare(self, logic, inputNode, package):
+        """Another target keeps the map it replaces; Compare shows both side by side, slices linked; and back."""
+        from addiagnosis.mrml.compare import RIGHT, kept_maps
+
+        _, outputs = logic.process(inputNode, package, method="lrp-epsilon", target="CN", keepPrevious=True)
+        (kept,) = kept_maps(inputNode)
+        self.assertEqual(kept.GetAttribute("ADDiagnosis.target"), "AD")
+        shown = logic.compareMaps(outputs.relevance, kept, difference=True)
+        self.assertTrue(logic.inCompare())
+        for name, shownMap in (("Red", outputs.relevance), (RIGHT[0], kept)):
+            comp = slicer.mrmlScene.GetSingletonNode(name, "vtkMRMLSliceCompositeNode")
+            self.assertEqual(comp.GetForegroundVolumeID(), shownMap.GetID())
+            self.assertTrue(comp.GetLinkedControl())
+        self.assertIsNotNone(shown.difference)
+        self.assertIn("correlation", shown.summary)
+        logic.leaveCompare()
+        self.assertFalse(logic.inCompare())
 
     def test_ADDiagnosisDefaultModel(self):
         """What a user gets on the first click: the bundled model, its recommended method, the example scan."""
