@@ -34,6 +34,7 @@ from addiagnosis.models.package import ModelPackage, find_package  # noqa: E402
 from addiagnosis.research import calibration as cal  # noqa: E402
 from addiagnosis.research import synth  # noqa: E402
 from addiagnosis.research.dataset import Item, split_subjects  # noqa: E402
+from addiagnosis.research.packaging import write_calibrated  # noqa: E402
 from addiagnosis.research.train import preprocess_all  # noqa: E402
 
 BUNDLED = ROOT / "ADDiagnosis" / "Resources" / "Models" / "addiagnosis-synthetic-demo"
@@ -145,7 +146,7 @@ def main(argv=None) -> int:
                                                                             "set_sizes")} for name, *_ in TESTS}
     print(json.dumps({"calibration": cblock, "conformal": kblock}, indent=1))
     if a.write:  # folded weights, their checksum and both blocks in one checked rewrite of the package
-        cal.write_calibrated(pkg.path, t, cblock, kblock)
+        write_calibrated(pkg.path, t, cblock, kblock)
         print(f"wrote {pkg.path} (temperature {t:.4f} folded into the weights)")
     return 0
 

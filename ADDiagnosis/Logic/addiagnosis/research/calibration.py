@@ -174,28 +174,3 @@ def calibrate_trained(model, d, card: dict, log=print, coverage: float = DEFAULT
         f"{card['conformal']['threshold']:.3f}, mean set size "
         f"{card['conformal']['on_calibration_split']['mean_set_size']:.2f} on the {cal_key} split")
     return fold_temperature(model.state_dict(), t)
-
-
-def write_calibrated(folder, temperature: float, calibration: dict, conformal: dict) -> None:
-    """Fold ``temperature`` into an existing package's weights and record both blocks, in one checked
-    rewrite (:func:`addiagnosis.research.packaging.rewrite_card`: the weights must match the card before,
-    the new weights' SHA-256 goes into the card, every checksum is verified after)."""
-    import torch
-
-    from addiagnosis.files import sha256_file
-    from addiagnosis.models.package import find_package
-    from addiagnosis.research.packaging import rewrite_card
-
-    pkg = find_package(str(folder))
-    if pkg.card.calibration is not None:
-        raise AddiagnosisError(f"the package is calibrated already (temperature {pkg.card.calibration['temperature']})",
-                               pkg.path)
-    state = fold_temperature(pkg.load_state_dict(), temperature)
-
-    def change(card: dict, staging) -> None:
-        staged = staging / pkg.card.weights.file
-        torch.save({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(staged))
-        card["weights"]["sha256"] = sha256_file(staged)
-        card["calibration"], card["conformal"] = calibration, conformal
-
-    rewrite_card(pkg.path, change)

@@ -2,6 +2,8 @@
 
 - :func:`record_evaluations`: the card keeps :func:`addiagnosis.research.evaluate.summary` of each test cohort
   (``evaluation.by_cohort``); :func:`record_summary` merges one summary into ``evaluation``.
+- :func:`write_calibrated`: folds a temperature into the weights and records the ``calibration`` and
+  ``conformal`` blocks (issue 19; ``scripts/experiments/calibrate_bundled.py``).
 - :func:`add_template`: writes the registration template into a template-preprocessed package and lists it,
   with its SHA-256, in the card (so the package runs without nilearn).
 
@@ -114,3 +116,25 @@ def add_template(folder: str | os.PathLike) -> dict:
     return entry
 
 
+def write_calibrated(folder, temperature: float, calibration: dict, conformal: dict) -> None:
+    """Fold ``temperature`` into an existing package's weights and record both blocks, in one checked
+    rewrite (:func:`rewrite_card`: the weights must match the card before,
+    the new weights' SHA-256 goes into the card, every checksum is verified after)."""
+    import torch
+
+    from addiagnosis.models.package import find_package
+    from addiagnosis.research.calibration import fold_temperature
+
+    pkg = find_package(str(folder))
+    if pkg.card.calibration is not None:
+        raise AddiagnosisError(f"the package is calibrated already (temperature {pkg.card.calibration['temperature']})",
+                               pkg.path)
+    state = fold_temperature(pkg.load_state_dict(), temperature)
+
+    def change(card: dict, staging) -> None:
+        staged = staging / pkg.card.weights.file
+        torch.save({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(staged))
+        card["weights"]["sha256"] = sha256_file(staged)
+        card["calibration"], card["conformal"] = calibration, conformal
+
+    rewrite_card(pkg.path, change)
