@@ -15,8 +15,6 @@ from pathlib import Path
 from addiagnosis import RESEARCH_USE
 from addiagnosis.errors import InputError
 
-FILES = ("a.nii.gz", "b.nii.gz", "difference.nii.gz", "comparison.json")
-
 
 def read_result(folder: str | Path, which: str):
     """(relevance Volume, report dict) of a diagnose result folder; one-line errors for anything else."""
@@ -42,20 +40,12 @@ def describe(report: dict, folder) -> dict:
 
 
 def cmd_compare_maps(args) -> int:
-    from addiagnosis.explain.comparison import compare_maps
-    from addiagnosis.io.outputs import OutputSet
-    from addiagnosis.io.volume import write_nifti
+    from addiagnosis.explain.comparison import compare_maps, write_comparison
 
     a, rep_a = read_result(args.a, "A")
     b, rep_b = read_result(args.b, "B")
     result = compare_maps(a, rep_a.get("preprocessing"), b, rep_b.get("preprocessing"), on=args.on)
-    doc = {"research_use": RESEARCH_USE, "a": describe(rep_a, args.a), "b": describe(rep_b, args.b),
-           "units": "share of the map's positive relevance per mL", **result.summary, "files": list(FILES)}
-    with OutputSet(args.out, replaces=FILES) as out:
-        write_nifti(result.a, out.path("a.nii.gz"), "ADDiagnosis map A, share per mL")
-        write_nifti(result.b, out.path("b.nii.gz"), "ADDiagnosis map B, share per mL")
-        write_nifti(result.difference, out.path("difference.nii.gz"), "ADDiagnosis B - A, share per mL")
-        out.write_text("comparison.json", json.dumps(doc, indent=2) + "\n")
+    write_comparison(result, args.out, {"a": describe(rep_a, args.a), "b": describe(rep_b, args.b)})
     s = result.summary
     print(f"compared on the {s['space']} grid: correlation {fmt(s['correlation'])}, share moved "
           f"{fmt(s['share_moved'])}, Dice of the shown voxels {fmt(s['dice_shown'])} -> {args.out}")

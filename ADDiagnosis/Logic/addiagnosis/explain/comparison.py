@@ -24,6 +24,8 @@ from addiagnosis.explain import clusters as cl
 from addiagnosis.io.volume import Volume
 from addiagnosis.prep import atlas as atlases
 
+FILES = ("a.nii.gz", "b.nii.gz", "difference.nii.gz", "comparison.json")
+UNITS = "share of the map's positive relevance per mL"
 TEMPLATE_SPACING = 2.0  # mm
 TEMPLATE_BOX = ((-90.0, 90.0), (-126.0, 90.0), (-72.0, 108.0))  # MNI mm: the brain with a margin
 
@@ -143,3 +145,22 @@ def summarise(a: Volume, b: Volume, top_percent: float, ras_to_mni: np.ndarray |
                         key=lambda row: -abs(row["change"]))
         out["regions"] = change
     return out
+
+
+def write_comparison(result: MapComparison, folder, doc: dict) -> dict:
+    """``a.nii.gz``, ``b.nii.gz`` (share of positive relevance per mL), ``difference.nii.gz`` (B - A) and
+    ``comparison.json`` (``doc`` with the research-use line, the units and the figures) into ``folder``, all or
+    nothing; returns the JSON document written."""
+    import json
+
+    from addiagnosis import RESEARCH_USE
+    from addiagnosis.io.outputs import OutputSet
+    from addiagnosis.io.volume import write_nifti
+
+    doc = {"research_use": RESEARCH_USE, **doc, "units": UNITS, **result.summary, "files": list(FILES)}
+    with OutputSet(folder, replaces=FILES) as out:
+        write_nifti(result.a, out.path("a.nii.gz"), "ADDiagnosis map A, share per mL")
+        write_nifti(result.b, out.path("b.nii.gz"), "ADDiagnosis map B, share per mL")
+        write_nifti(result.difference, out.path("difference.nii.gz"), "ADDiagnosis B - A, share per mL")
+        out.write_text("comparison.json", json.dumps(doc, indent=2) + "\n")
+    return doc

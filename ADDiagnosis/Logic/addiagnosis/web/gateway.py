@@ -32,7 +32,7 @@ from pathlib import Path
 from aiohttp import ClientSession, ClientTimeout, WSMsgType, web
 
 from addiagnosis import RESEARCH_USE
-from addiagnosis.web.common import DOWNLOADS, access_line, write_access
+from addiagnosis.web.common import COMPARE_DOWNLOADS, DOWNLOADS, access_line, write_access
 
 COOKIE = "addiagnosis_session"
 START_TIMEOUT_S = 120.0
@@ -314,7 +314,7 @@ class Gateway:
     async def download(self, request: web.Request) -> web.StreamResponse:
         worker = self._session(request)
         name = request.match_info["name"]
-        if worker is None or name not in DOWNLOADS:
+        if worker is None or name not in DOWNLOADS + COMPARE_DOWNLOADS:
             return web.Response(status=404, text="not found\n")
         path = worker.folder / "results" / name
         if not path.is_file():

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import re
 import shutil
 import threading
 import time
@@ -20,20 +19,12 @@ from pathlib import Path, PurePath, PureWindowsPath
 
 from addiagnosis.errors import AddiagnosisError
 from addiagnosis.prep.qc import verdict_line
-from addiagnosis.web.common import access_line, write_access
+from addiagnosis.web.common import UPLOAD_ID, access_line, page_label, write_access
+from addiagnosis.web.session.compare import Comparison
 from addiagnosis.web.session.state import VIEWS, PageState, slice_key
 from addiagnosis.web.session.views import SessionViews
 
-UPLOAD_ID = re.compile(r"^[0-9a-f]{32}\.(nii|nii\.gz|zip)$")  # a .zip holds a DICOM series
 log = logging.getLogger(__name__)
-
-
-def page_label(name: str) -> str:
-    """A user's file name reduced to a safe label for the page (never used as a path)."""
-    base = re.split(r"[\\/]", str(name))[-1]
-    base = re.sub(r"\.(nii(\.gz)?|zip)$", "", base, flags=re.IGNORECASE)
-    base = re.sub(r"[^A-Za-z0-9._ -]", "_", base).strip() or "scan"
-    return base[:64]
 
 
 def without_server_paths(value):
@@ -83,6 +74,7 @@ class Session:
         self.tasks: list[asyncio.Future] = []  # asyncio keeps only weak references to tasks: hold them here
         self._engine_lock = threading.Lock()
         self._init_page()
+        self.compare = Comparison(server, self)  # comparison with another map (web/session/compare.py)
 
     def _init_page(self) -> None:
         from addiagnosis.engine import METHOD_CHOICES
@@ -210,6 +202,7 @@ class Session:
         self.input_node = self.outputs = self.volume = None
 
     def _reset_result(self) -> None:
+        self.compare.clear(keep_followup=False)  # a new scan: no follow-up of it yet
         self.page.reset("result")
         self.result = self.request = None
         shutil.rmtree(self.results, ignore_errors=True)
@@ -237,6 +230,7 @@ class Session:
             t_engine = time.perf_counter() - t0
             self._progress("showing the result", 0.95)
             self._show(node, result, t0)
+            self.compare.result_shown()  # a comparison made with the previous map goes; its choices follow
             self.request = request
             self._mark_stale()
             self._log("diagnose", "ok", seconds=f"{time.perf_counter() - t0:.2f}", engine_s=f"{t_engine:.2f}")

@@ -86,6 +86,20 @@ class PageState:
     # display controls
     opacity = Key(0.6)
     top_percent = Key(5.0)
+    # comparison with another map (web/session/compare.py): what to compare with, then the comparison on show
+    compare_kind = Key("target")  # "target", "method" or "followup"
+    compare_choices = Key([])  # the classes or methods A can be compared with
+    compare_choice = Key("")
+    compare_orientation = Key("Axial")
+    followup_name = Key("", "compare")  # the follow-up scan's label (its grid under it)
+    followup_info = Key("", "compare")
+    compare_shown = Key(False, "compare")  # the compare views replace the four views
+    compare_title_a = Key("", "compare")
+    compare_title_b = Key("", "compare")
+    compare_figures = Key({}, "compare")  # the engine's figures (explain.comparison.summarise), as numbers
+    compare_text = Key([], "compare")  # the same in lines for the panel
+    compare_regions = Key([], "compare")  # [{region, a, b, change}] the regions whose share changed most
+    compare_downloads = Key(0, "compare")  # stamp of comparison.json and difference.nii.gz (0: none yet)
 
     def __init__(self, trame_state):
         self.trame = trame_state

@@ -7,6 +7,7 @@ the styles are in ``static/addiagnosis-web.css``, the upload script in ``static/
 from __future__ import annotations
 
 from addiagnosis.web.common import DOWNLOADS
+from addiagnosis.web.session.compare_ui import compare_grid, compare_panel
 from addiagnosis.web.session.state import VIEWS, slice_key
 from addiagnosis.web.session.state import PageState as S
 
@@ -31,8 +32,10 @@ def build_ui(server, session):
                 _result(session)
                 _display_controls(session)
                 _downloads()
+                compare_panel(session)
         with v.VMain():
             _view_grid(session)
+            compare_grid(session)
     return layout
 
 
@@ -167,7 +170,7 @@ def _view_grid(session) -> None:
     from trame.widgets import client, html
     from trame.widgets import vuetify3 as v
 
-    with html.Div(classes="addiagnosis-grid"):
+    with html.Div(classes="addiagnosis-grid", v_show=f"!{S.compare_shown}"):
         for key, title in (*VIEWS, ("threed", "3D")):
             with html.Div(classes="addiagnosis-cell", id=f"view-{key}"):
                 pointer = ("[" + repr(key) + ", ($event.clientX - $event.currentTarget.getBoundingClientRect().left)"

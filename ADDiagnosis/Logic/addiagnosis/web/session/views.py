@@ -47,7 +47,7 @@ class SessionViews:
 
         self.runtime = runtime
         self.scene = runtime.scene
-        manager = ViewManager(self.scene, runtime.app_logic)
+        self.manager = manager = ViewManager(self.scene, runtime.app_logic)  # the compare views are made with it too
         register_rca_factories(manager, server, slice_view_ui_f=_no_gutter, three_d_view_ui_f=_no_gutter,
                                rca_encoder="jpeg", interactive_quality=FRAME_QUALITY)
         self.slices = {}

@@ -11,11 +11,13 @@
     return Promise.resolve();
   }
 
-  async function send(file) {
+  // prefix: the triggers' prefix, from the file input's data-trigger (a follow-up scan: addiagnosis_followup)
+  async function send(file, prefix) {
     if (!file) {
       return;
     }
-    await trigger("addiagnosis_upload_started", [String(file.name || "scan"), Number(file.size || 0)]);
+    prefix = prefix || "addiagnosis";
+    await trigger(prefix + "_upload_started", [String(file.name || "scan"), Number(file.size || 0)]);
     let answer;
     try {
       const response = await fetch("upload?name=" + encodeURIComponent(file.name || "scan"), {
@@ -29,9 +31,9 @@
       answer = { ok: false, error: "upload failed: " + (err && err.message ? err.message : "connection lost") };
     }
     if (answer && answer.ok) {
-      await trigger("addiagnosis_uploaded", [answer.upload, String(file.name || "scan")]);
+      await trigger(prefix + "_uploaded", [answer.upload, String(file.name || "scan")]);
     } else {
-      await trigger("addiagnosis_upload_failed", [String(file.name || "scan"), (answer && answer.error) || "upload failed"]);
+      await trigger(prefix + "_upload_failed", [String(file.name || "scan"), (answer && answer.error) || "upload failed"]);
     }
   }
 
@@ -40,7 +42,7 @@
     if (input && input.matches && input.matches("input.addiagnosis-file")) {
       const file = input.files && input.files[0];
       input.value = "";
-      send(file);
+      send(file, input.dataset.trigger);
     }
   });
 
@@ -64,7 +66,10 @@
     if (isFileDrag(event)) {
       event.preventDefault();
       document.body.classList.remove("addiagnosis-dragging");
-      send(event.dataTransfer.files[0]);
+      // dropped on a box with its own file input (the follow-up scan's): that input's triggers
+      const box = event.target && event.target.closest ? event.target.closest("label") : null;
+      const input = box ? box.querySelector("input.addiagnosis-file") : null;
+      send(event.dataTransfer.files[0], input ? input.dataset.trigger : undefined);
     }
   });
 
