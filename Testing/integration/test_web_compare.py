@@ -131,6 +131,16 @@ def check_linked(page) -> None:
             page.wait_for_function("([s, t]) => document.querySelector(s).innerText.trim() === t",
                                    arg=[f"#slice-{key}-value", f"{goal:.1f} mm"])
         changed_png(page, followers[0], before)  # the follower shows another slice
+    # the mouse wheel over a view (Slicer's own interaction, through trame-slicer) moves the other two as well
+    before = state(page, "slice_compare_b")
+    box = page.locator("#view-compare_a .addiagnosis-view").bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.mouse.wheel(0, -120)
+    page.wait_for_function("([k, v]) => Math.abs(window.trame.state.get(k) - v) > 1e-3",
+                           arg=["slice_compare_b", before])
+    page.wait_for_function("() => { const s = window.trame.state, a = s.get('slice_compare_a');"
+                           " return Math.abs(s.get('slice_compare_b') - a) < 1e-3"
+                           " && Math.abs(s.get('slice_compare_diff') - a) < 1e-3; }")
 
 
 def check_layout(page) -> None:
