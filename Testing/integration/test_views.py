@@ -1,8 +1,13 @@
-"""Headless rendering of Slicer's own slice and 3D views (slicer-core + Mesa EGL): overlay where it belongs."""
+"""Headless rendering of Slicer's own slice and 3D views (slicer-core + Mesa EGL): overlay where it belongs.
+
+``ADDIAGNOSIS_SCREENSHOTS=docs/images`` also writes the README's picture there (slicer-views.png).
+"""
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +21,7 @@ from addiagnosis.engine import DiagnosisResult  # noqa: E402
 from addiagnosis.io.volume import Volume  # noqa: E402
 from addiagnosis.mrml.runtime import SlicerRuntime  # noqa: E402
 from addiagnosis.mrml.scene import PushOptions, push_results  # noqa: E402
-from addiagnosis.mrml.views import SceneViews, egl_available, render_views  # noqa: E402
+from addiagnosis.mrml.views import SHEET_CAPTION_H, SceneViews, egl_available, render_views, views_sheet  # noqa: E402
 
 OK, WHY = egl_available()
 pytestmark = pytest.mark.skipif(not OK, reason=f"no off-screen OpenGL (Mesa EGL) here: {WHY}")
@@ -112,6 +117,45 @@ def test_render_views_library_call(tmp_path):
             assert im.size == (512, 512)
     assert seconds < 20  # target 3 s on 2 cores (scripts/bench_scene.py); generous for loaded CI machines
 
+
+LEGEND_STRIP = 0.88  # the colour legend stands in the right 12 % of a slice view (mrml.views.show_legend)
+
+
+def test_readme_picture_of_the_example(tmp_path):
+    """The README's picture (views_sheet, as scripts/assets/make_screenshot.py makes it): the example scan diagnosed
+    by the bundled model; in each slice view the scan, the overlay inside the head and the colour legend (dark red
+    at its threshold up to yellow) beside it; the volume rendering in the 3D view; the two lines under them."""
+    from addiagnosis.engine import diagnose
+    from addiagnosis.io.volume import read_nifti
+    from addiagnosis.resources import default_scan
+
+    volume = read_nifti(default_scan())
+    result = diagnose(volume)
+    folder = Path(os.environ.get("ADDIAGNOSIS_SCREENSHOTS") or tmp_path)
+    rgb = np.asarray(Image.open(views_sheet(volume, result, folder / "slicer-views.png", default_scan().name))
+                     .convert("RGB")).astype(np.int32)
+    w = h = 400
+    assert rgb.shape == (2 * h + SHEET_CAPTION_H, 2 * w, 3)
+    tiles = {k: rgb[(n // 2) * h:(n // 2 + 1) * h, (n % 2) * w:(n % 2 + 1) * w]
+             for n, k in enumerate(("axial", "coronal", "sagittal", "3d"))}
+    for key in ("axial", "coronal", "sagittal"):
+        view, legend = tiles[key][:, : int(LEGEND_STRIP * w)], tiles[key][:, int(LEGEND_STRIP * w):]
+        head = ndimage.binary_fill_holes(ndimage.binary_closing(view.max(axis=2) > 40, iterations=3))
+        colour = hot(view)
+        assert colour.sum() > 300, key  # the relevance overlay ...
+        assert (colour & head).sum() > 0.99 * colour.sum(), key  # ... on the head only
+        grey = (view.max(axis=2) - view.min(axis=2) < 12) & (view[..., 0] > 60)
+        assert grey.sum() > 20000, key  # the scan around it
+        yellow = (legend[..., 0] > 200) & (legend[..., 1] > 200) & (legend[..., 2] < 120)
+        red = (legend[..., 0] > 100) & (legend[..., 1] < 50) & (legend[..., 2] < 50)
+        assert yellow.sum() > 20 and red.sum() > 20, key  # the legend's colour bar, from the threshold up
+        assert np.nonzero(yellow)[0].mean() < np.nonzero(red)[0].mean(), key  # yellow (high) above dark red
+        assert hot(legend).sum() < 0.2 * legend.shape[0] * legend.shape[1], key  # a narrow bar, not a wash
+    assert hot(tiles["3d"]).sum() > 500  # the volume rendering
+    caption = rgb[2 * h:]
+    light = caption.min(axis=2) > 200  # "Predicted ...; relevance of ... (method); the scan"
+    amber = (caption[..., 0] > 220) & (np.abs(caption[..., 1] - 190) < 40) & (caption[..., 2] < 140)  # research use
+    assert light[:22].sum() > 200 and amber[22:].sum() > 200 and amber[:22].sum() == 0
 
 
 EXIT_SCRIPT = """

@@ -4,7 +4,8 @@ One server (started on a free loopback port, stopped by its PID), two browser co
 A uses the example scan and is compared with `addiagnosis diagnose` on the same file; B sends bad uploads,
 then a good (cropped, so differently shaped) scan; both diagnose at the same time and each sees only its own.
 A runs at 1440x900 and B at 1280x720: at both sizes every control can be reached and nothing is cut.
-``ADDIAGNOSIS_WEB_SCREENSHOTS=docs/images`` saves the page at both sizes (web.png, web-1280x720.png).
+``ADDIAGNOSIS_SCREENSHOTS=docs/images`` (or ``ADDIAGNOSIS_WEB_SCREENSHOTS``) saves the page at both sizes (web.png,
+web-1280x720.png).
 """
 
 from __future__ import annotations
@@ -268,9 +269,10 @@ def check_layout(page, size: str) -> None:
                                " return ids.filter((x, i) => ids.indexOf(x) !== i); }")
     assert duplicates == [], duplicates
     page.locator("#use-example").scroll_into_view_if_needed()
-    if os.environ.get("ADDIAGNOSIS_WEB_SCREENSHOTS"):
+    folder = os.environ.get("ADDIAGNOSIS_SCREENSHOTS") or os.environ.get("ADDIAGNOSIS_WEB_SCREENSHOTS")
+    if folder:  # ADDIAGNOSIS_SCREENSHOTS remakes every README picture (test_views.py writes slicer-views.png)
         name = "web.png" if size == "1440x900" else f"web-{size}.png"
-        page.screenshot(path=str(Path(os.environ["ADDIAGNOSIS_WEB_SCREENSHOTS"]) / name))
+        page.screenshot(path=str(Path(folder) / name))
 
 
 def check_rediagnose(page, centred: float) -> None:

@@ -2,7 +2,9 @@
 
 Run: .venv/bin/python scripts/assets/make_screenshot.py [scan.nii.gz] [--model NAME_OR_FOLDER] [--out PNG]
 Defaults: the bundled example scan and model when present; otherwise a synthetic AD-like subject
-(addiagnosis.research.synth) and a random-weights model, and the caption says so.
+(addiagnosis.research.synth) and a random-weights model, and the caption says so. The picture is
+addiagnosis.mrml.views.views_sheet's, the function Testing/integration/test_views.py checks and that remakes
+docs/images/slicer-views.png with ``ADDIAGNOSIS_SCREENSHOTS=docs/images``.
 """
 
 from __future__ import annotations
@@ -17,12 +19,9 @@ os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "ADDiagnosis" / "Logic"))
 
-from PIL import Image, ImageDraw  # noqa: E402
-
-from addiagnosis import RESEARCH_USE  # noqa: E402
 from addiagnosis.engine import diagnose  # noqa: E402
 from addiagnosis.io.volume import read_nifti  # noqa: E402
-from addiagnosis.mrml.views import render_views  # noqa: E402
+from addiagnosis.mrml.views import views_sheet  # noqa: E402
 
 RESOURCES = ROOT / "ADDiagnosis" / "Resources"
 
@@ -71,20 +70,7 @@ def main() -> None:
     else:
         vol, package, note = fallback_case(tmp)
         result = diagnose(vol, package)
-    files = render_views(vol, result, tmp / "views", size=(400, 400))
-    tiles = [Image.open(files[k]).convert("RGB") for k in ("axial", "coronal", "sagittal", "3d")]
-    w, h = tiles[0].size
-    sheet = Image.new("RGB", (2 * w, 2 * h + 44), (20, 20, 20))
-    for n, tile in enumerate(tiles):
-        sheet.paste(tile, ((n % 2) * w, (n // 2) * h))
-    draw = ImageDraw.Draw(sheet)
-    draw.text((8, 2 * h + 6), f"Predicted {result.predicted}; relevance of {result.target} ({result.method}); "
-              f"{note}", fill=(235, 235, 235))
-    draw.text((8, 2 * h + 24), RESEARCH_USE + (f"  {result.model_notice}" if result.model_notice else ""),
-              fill=(255, 190, 90))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(out, optimize=True)
+    out = views_sheet(vol, result, Path(args.out), note)
     print(out)
 
 

@@ -34,6 +34,27 @@ THREED_MANAGERS = ("vtkMRMLVolumeRenderingDisplayableManager", "vtkMRMLCameraDis
                    "vtkMRMLModelDisplayableManager",
                    "vtkMRMLViewDisplayableManager", "vtkMRMLThreeDReformatDisplayableManager",
                    "vtkMRMLColorLegendDisplayableManager")
+# the colour legend in small views (the web app's; the README's 400-pixel tiles): fractions of the view, points
+LEGEND_SIZE = (0.08, 0.4)
+LEGEND_POSITION = (0.98, 0.06)
+LEGEND_FONT_SIZE = 11
+
+
+def show_legend(legend) -> None:
+    """Make Slicer's colour legend (``push_results``'s) show in every view from the first push, fitted into small
+    views: a narrow bar low on the right, so that its title stands beside the head, not over it.
+
+    Slicer's legend displayable manager makes its actor hidden when the slice composite node changes during the
+    push's batch mode and looks again only when the legend node itself is modified (so the legend appeared only
+    after a second push): the modification here, after the batch, is that look.
+    """
+    if legend is None:
+        return
+    legend.SetSize(*LEGEND_SIZE)
+    legend.SetPosition(*LEGEND_POSITION)
+    for prop in (legend.GetTitleTextProperty(), legend.GetLabelTextProperty()):
+        prop.SetFontSize(LEGEND_FONT_SIZE)
+    legend.Modified()
 
 
 def egl_available() -> tuple[bool, str]:
@@ -235,7 +256,7 @@ def render_views(input_volume: Volume, result, out_dir: Path, size=(512, 512)) -
     node = runtime.add_volume(input_volume)
     views = SceneViews(runtime, size)
     try:
-        push_results(runtime.scene, node, result, vr_logic=runtime.vr_logic)
+        show_legend(push_results(runtime.scene, node, result, vr_logic=runtime.vr_logic).legend)
         focus = (result.summary or {}).get("top1pct_centroid_ras")
         files = views.render(out_dir, node, focus)
     finally:
@@ -245,3 +266,35 @@ def render_views(input_volume: Volume, result, out_dir: Path, size=(512, 512)) -
     render_views.last_seconds = time.perf_counter() - t0
     render_views.research_use = RESEARCH_USE
     return files
+
+
+SHEET_CAPTION_H = 44  # the two lines under the four views
+
+
+def views_sheet(input_volume: Volume, result, path: Path, note: str = "", size=(400, 400)) -> Path:
+    """The four views of :func:`render_views` as one PNG (axial, coronal / sagittal, 3D) with two lines under
+    them: the prediction, what the relevance explains and ``note``; the research-use line and the model's notice.
+
+    The README's picture (docs/images/slicer-views.png): made by Testing/integration/test_views.py and by
+    scripts/assets/make_screenshot.py. Returns ``path``.
+    """
+    import tempfile
+
+    from PIL import Image, ImageDraw
+
+    with tempfile.TemporaryDirectory() as tmp:
+        files = render_views(input_volume, result, Path(tmp), size=size)
+        tiles = [Image.open(files[k]).convert("RGB") for k in ("axial", "coronal", "sagittal", "3d")]
+    w, h = tiles[0].size
+    sheet = Image.new("RGB", (2 * w, 2 * h + SHEET_CAPTION_H), (20, 20, 20))
+    for n, tile in enumerate(tiles):
+        sheet.paste(tile, ((n % 2) * w, (n // 2) * h))
+    draw = ImageDraw.Draw(sheet)
+    draw.text((8, 2 * h + 6), f"Predicted {result.predicted}; relevance of {result.target} ({result.method})"
+              + (f"; {note}" if note else ""), fill=(235, 235, 235))
+    draw.text((8, 2 * h + 24), RESEARCH_USE + (f"  {result.model_notice}" if result.model_notice else ""),
+              fill=(255, 190, 90))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path, optimize=True)
+    return path

@@ -15,10 +15,6 @@ import contextlib
 from addiagnosis.web.session.state import VIEWS
 
 VIEW_COLOURS = {"axial": "#F34A33", "coronal": "#6DAD4A", "sagittal": "#EFD64D"}
-# the legend in the web app's small views: a narrow bar low on the right, so its title sits beside the head
-LEGEND_SIZE = (0.08, 0.4)
-LEGEND_POSITION = (0.98, 0.06)
-LEGEND_FONT_SIZE = 11
 # one JPEG quality for every frame: trame-rca draws a view again at its "still" quality (90) half a second after
 # each frame of a lower interactive quality, and that second draw (a volume rendering in the 3D view) holds up
 # whatever the page asks next
@@ -47,6 +43,7 @@ class SessionViews:
 
         self.runtime = runtime
         self.scene = runtime.scene
+        self.staged: asyncio.Task | None = None  # the staged release of held views (see held)
         self.manager = manager = ViewManager(self.scene, runtime.app_logic)  # the compare views are made with it too
         register_rca_factories(manager, server, slice_view_ui_f=_no_gutter, three_d_view_ui_f=_no_gutter,
                                rca_encoder="jpeg", interactive_quality=FRAME_QUALITY)
@@ -168,16 +165,8 @@ class SessionViews:
         return float(self.slices[key].get_slice_value())
 
     def show_legend(self, legend) -> None:
-        """Fit the colour legend into the small web views and make every view show it from the first push.
+        """The colour legend in every view from the first push, fitted into the small web views
+        (:func:`addiagnosis.mrml.views.show_legend`)."""
+        from addiagnosis.mrml.views import show_legend
 
-        Slicer's legend displayable manager makes its actor hidden when the slice composite node changes
-        during the push's batch mode and looks again only when the legend node itself is modified (so the
-        legend appeared only after the second Diagnose): the modification here, after the batch, is that look.
-        """
-        if legend is None:
-            return
-        legend.SetSize(*LEGEND_SIZE)
-        legend.SetPosition(*LEGEND_POSITION)
-        for prop in (legend.GetTitleTextProperty(), legend.GetLabelTextProperty()):
-            prop.SetFontSize(LEGEND_FONT_SIZE)
-        legend.Modified()
+        show_legend(legend)
