@@ -85,7 +85,9 @@ def test_cluster_rows_and_cursor_readout(server, browser, reference):  # noqa: F
     for n in range(CLICKS):
         row = (a, b)[n % 2]
         state_s, pixels_s = click_to_new_slices(page, row["index"])
-        assert state_s >= 0 and pixels_s >= 0, f"cluster {row['index']}: the slices or their pictures did not change"
+        # (the first click comes from the result's centre, which may share a slice with the peak: only it may
+        # leave a view's picture as it was)
+        assert state_s >= 0 and (pixels_s >= 0 or n == 0), f"cluster {row['index']}: the slices or pictures stayed"
         at_peak(page, peaks[row["index"]])
         times.append((state_s, pixels_s))
         time.sleep(SETTLE_S)
