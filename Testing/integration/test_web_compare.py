@@ -1,6 +1,6 @@
-"""Comparing two maps in the web app, in a real browser (issue 20 item 4): method vs method on the example scan and
-baseline vs follow-up (another scan of the subject), against `addiagnosis compare-maps` on the CLI's maps of the
-same scans. Uses test_web.py's server, browser and page helpers.
+"""Comparing two maps in the web app, in a real browser (issue 20 item 4): method vs method and class vs class on the
+example scan, and baseline vs follow-up (another scan of the subject), against `addiagnosis compare-maps` on the
+CLI's maps of the same scans. Uses test_web.py's server, browser and page helpers.
 
 Checks: A and B drawn in two views whose pixels differ where the maps do, B - A in a third; moving the slice of
 one view moves the others (the page's positions and the numbers shown under each view); the figures and the
@@ -42,12 +42,30 @@ from addiagnosis.resources import default_scan
 METHOD_B = "lrp-epsilon"
 FIGURES = ("correlation", "share_moved", "dice_shown")
 COMPARE_VIEWS = ("compare_a", "compare_b", "compare_diff")
+# ([views, limit ms]) -> ms from the Compare click until every view shows a new, loaded frame (-1: not in time);
+# the compare views are drawn only for a comparison (held otherwise), so a new frame is the comparison's. Clicks
+# once no view has had a new frame for a second (a view just hidden may still send one)
+CLICK_TO_FRAMES = """([views, limit]) => new Promise(resolve => {
+  const src = v => { const i = document.querySelector(`#view-${v} img`);
+    return i && i.complete && i.naturalWidth ? i.src : ''; };
+  let last = views.map(src).join(), quiet = performance.now();
+  const settle = () => { const now = views.map(src).join();
+    if (now !== last) { last = now; quiet = performance.now(); }
+    if (performance.now() - quiet < 1000) { setTimeout(settle, 20); return; }
+    const before = views.map(src), t0 = performance.now();
+    document.querySelector('#compare-run').click();
+    const tick = () => { const ms = performance.now() - t0;
+      if (views.every((v, i) => src(v) && src(v) !== before[i])) resolve(ms);
+      else if (ms > limit) resolve(-1); else setTimeout(tick, 5); };
+    tick(); };
+  settle();
+})"""
 
 
 @pytest.fixture(scope="module")
 def cli_comparisons(tmp_path_factory):
-    """`addiagnosis diagnose` on the example (A), with another method, and on a follow-up scan (A's class), and
-    `addiagnosis compare-maps` of A with each (the follow-up on A's grid, as the page shows it)."""
+    """`addiagnosis diagnose` on the example (A), for another class, with another method, and on a follow-up scan
+    (A's class), and `addiagnosis compare-maps` of A with each (the follow-up on A's grid, as the page shows it)."""
     root = tmp_path_factory.mktemp("cli-compare")
     follow = cropped_scan(root)
 
@@ -56,10 +74,12 @@ def cli_comparisons(tmp_path_factory):
         return json.loads((root / name / "report.json").read_text())
 
     a = diagnose("a", default_scan())
+    other = next(c for c in a["probabilities"] if c != a["target_class"])
+    diagnose("target", default_scan(), "--target", other)
     diagnose("method", default_scan(), "--method", METHOD_B)
     diagnose("followup", follow, "--target", a["target_class"])
-    out = {"followup_scan": follow}
-    for name, extra in (("method", []), ("followup", ["--on", "a"])):
+    out = {"followup_scan": follow, "other_class": other, "a": a}
+    for name, extra in (("target", []), ("method", []), ("followup", ["--on", "a"])):
         assert cli_main(["compare-maps", str(root / "a"), str(root / name), "--out", str(root / f"cmp-{name}"),
                          *extra]) == 0
         out[name] = (json.loads((root / f"cmp-{name}" / "comparison.json").read_text()),
@@ -80,19 +100,28 @@ def legend_colours(png: bytes) -> int:
     return int((rgb.max(axis=-1) - rgb.min(axis=-1) > 80).sum())
 
 
-def run_compare(page) -> float:
-    """Click Compare; seconds until A, B (overlay colours) and B - A (cold or hot colours) are drawn."""
-    t0 = time.perf_counter()
-    page.click("#compare-run")
-    page.wait_for_function("() => window.trame.state.get('compare_shown') || window.trame.state.get('message')")
+def run_compare(page, title_b: str) -> float:
+    """Click Compare; seconds (timed in the page) until all three compare views show a new frame; then checks that
+    map B is named ``title_b``, that A, B (overlay colours) and B - A (cold or hot colours) are drawn, and waits for
+    the comparison's files (written after the views, in a thread)."""
+    stamp = state(page, "compare_downloads")
+    ms = page.evaluate(CLICK_TO_FRAMES, [list(COMPARE_VIEWS), 120_000])
+    assert ms >= 0, "the compare views got no new frames"
+    page.wait_for_function("t => { const s = window.trame.state;"
+                           " return (s.get('compare_shown') && s.get('compare_title_b').startsWith(t))"
+                           " || s.get('message'); }", arg=title_b)
     assert not state(page, "message"), state(page, "message")
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         a, b, d = (view_png(page, v) for v in COMPARE_VIEWS)
         if hot_pixels(a) > 50 and hot_pixels(b) > 50 and coloured(d, True) + coloured(d, False) > 20:
-            return time.perf_counter() - t0
+            break
         time.sleep(0.1)
-    raise AssertionError("the compare views were not drawn")
+    else:
+        raise AssertionError("the compare views were not drawn")
+    page.wait_for_function("t => { const d = window.trame.state.get('compare_downloads'); return d && d !== t; }",
+                           arg=stamp)
+    return ms / 1000.0
 
 
 def check_figures(page, url: str, reference, tmp_path: Path, name: str) -> None:
@@ -180,7 +209,8 @@ def test_compare_maps_in_browser(server, browser, cli_comparisons, tmp_path):  #
         set_state(page, "compare_kind", "method")
         page.wait_for_function("m => window.trame.state.get('compare_choices').includes(m)", arg=METHOD_B)
         set_state(page, "compare_choice", METHOD_B)
-        seconds = run_compare(page)
+        a_target, a_method = cli_comparisons["a"]["target_class"], cli_comparisons["a"]["method"]
+        seconds = run_compare(page, f"B: {a_target}, {METHOD_B}")
         a, b, d = (view_png(page, v) for v in COMPARE_VIEWS)
         width = int(LEGEND_STRIP * png_array(a).shape[1])
         differ = int((np.abs(png_array(a)[:, :width] - png_array(b)[:, :width]).max(axis=-1) > 40).sum())
@@ -193,6 +223,13 @@ def test_compare_maps_in_browser(server, browser, cli_comparisons, tmp_path):  #
         page.set_viewport_size({"width": 1280, "height": 720})
         check_layout(page)
         page.set_viewport_size({"width": 1440, "height": 900})
+        # ---- another class of the same scan ----------------------------------------------------------------------
+        set_state(page, "compare_kind", "target")
+        page.wait_for_function("c => window.trame.state.get('compare_choices').includes(c)",
+                               arg=cli_comparisons["other_class"])
+        set_state(page, "compare_choice", cli_comparisons["other_class"])
+        run_compare(page, f"B: {cli_comparisons['other_class']}, ")
+        check_figures(page, server["url"], cli_comparisons["target"], tmp_path, "target")
         # ---- baseline vs follow-up: a bad file is one line; the follow-up compared on the baseline's grid -------
         set_state(page, "compare_kind", "followup")
         notes = tmp_path / "notes.nii"
@@ -204,7 +241,7 @@ def test_compare_maps_in_browser(server, browser, cli_comparisons, tmp_path):  #
         assert "/tmp" not in message and "uploads" not in message
         page.set_input_files("#followup-input", str(cli_comparisons["followup_scan"]))
         page.wait_for_function("() => window.trame.state.get('followup_name') === 'other-subject'")
-        followup_s = run_compare(page)
+        followup_s = run_compare(page, f"B: {a_target}, {a_method} (other-subject)")
         assert "other-subject" in page.inner_text("#compare-figures")
         check_figures(page, server["url"], cli_comparisons["followup"], tmp_path, "followup")
         logged = [line.split("seconds=")[1] for line in server["log"].read_text().splitlines()

@@ -181,7 +181,7 @@ class Comparison:
         from addiagnosis.mrml.compare_views import DIFFERENCE_TITLE, color_legend, same_colours
 
         session, page = self.session, self.page
-        self.clear(keep_followup=True)
+        self.clear(keep_followup=True, main=False)
         map_a = session.outputs.relevance
         with self._held():
             if scan_node is None:
@@ -229,10 +229,23 @@ class Comparison:
     # ------------------------------------------------------------------------------------- the views
     @contextlib.contextmanager
     def _held(self):
-        with self.session.views.held():
-            for view in self.views.values():
-                view.set_render_blocked(True)
+        """MRML events schedule no render inside (the scene in batch mode, every view blocked); the four views stay
+        blocked while the compare views are shown (hidden, they need no frames)."""
+        self._show_main(False)
+        for view in self.views.values():
+            view.set_render_blocked(True)
+        self.scene.StartState(self.scene.BatchProcessState)
+        try:
             yield
+        finally:
+            self.scene.EndState(self.scene.BatchProcessState)
+
+    def _show_main(self, shown: bool) -> None:
+        """The four views drawn again (one render each) or held while the compare views take their place."""
+        views = self.session.views
+        for view in [*views.slices.values(), views.threed]:
+            if view.is_render_blocked == shown:
+                view.set_render_blocked(not shown)
 
     def _render(self) -> None:
         for view in self.views.values():
@@ -276,10 +289,13 @@ class Comparison:
             self.page.set_slice(key, view.get_slice_value(), low, high, view.get_slice_step() or 1.0)
 
     # ------------------------------------------------------------------------------------- clearing
-    def clear(self, keep_followup: bool = True) -> None:
-        """The comparison goes (its nodes, figures, files); the follow-up scan too unless ``keep_followup``."""
+    def clear(self, keep_followup: bool = True, main: bool = True) -> None:
+        """The comparison goes (its nodes, figures, files); the follow-up scan too unless ``keep_followup``; the four
+        views are drawn again unless not ``main``."""
         from addiagnosis.mrml.compare_views import remove_nodes
 
+        if main:
+            self._show_main(True)
         for view in self.views.values():
             view.set_render_blocked(True)
             view.set_background_volume_id(None)
@@ -299,8 +315,10 @@ class Comparison:
     def _toggled(self, shown) -> None:
         """The page's 'Back to the four views' / 'Show the comparison' (the comparison stays until cleared)."""
         if shown and self.nodes:
+            self._show_main(False)
             self._sync_slices()
             self._render()
         else:
             for view in self.views.values():
                 view.set_render_blocked(True)
+            self._show_main(True)
