@@ -100,6 +100,7 @@ class Comparison:
     # ------------------------------------------------------------------------------------ follow-up
     def followup_uploaded(self, upload_id: str, name: str) -> None:
         from addiagnosis.io.volume import read_scan
+
         if not isinstance(upload_id, str) or not UPLOAD_ID.match(upload_id):
             self.page.message = "upload failed: unknown upload"
             return
@@ -177,11 +178,23 @@ class Comparison:
 
     def _show(self, scan_node, result):
         """Map B kept on its scan, the engine's comparison shown in the compare views, its figures on the page."""
+        self.clear(keep_followup=True, main=False)
+        try:
+            shown = self._push(scan_node, result)
+        except Exception:  # nothing half-shown: the scene as before Compare, the four views back
+            self.clear(keep_followup=True)
+            raise
+        self._show_figures(self.session.result, result, shown.summary)
+        self._sync_slices()
+        self._render()
+        return shown
+
+    def _push(self, scan_node, result):
+        """Map B and B - A into the scene (the Slicer module's calls), shown in the compare views."""
         from addiagnosis.mrml import compare as scene_compare
         from addiagnosis.mrml.compare_views import DIFFERENCE_TITLE, color_legend, same_colours
 
         session, page = self.session, self.page
-        self.clear(keep_followup=True, main=False)
         map_a = session.outputs.relevance
         with self._held():
             if scan_node is None:
@@ -199,9 +212,6 @@ class Comparison:
             self._orient(page.compare_orientation, render=False)
         for legend in legends:
             session.views.show_legend(legend)
-        self._show_figures(session.result, result, shown.summary)
-        self._sync_slices()
-        self._render()
         return shown
 
     def _show_figures(self, a, b, summary: dict) -> None:
