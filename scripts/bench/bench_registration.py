@@ -47,12 +47,15 @@ def pad(vol, n):
 
 def old_align(ref: str):
     """``align.py`` as of git ``ref``, imported as ``addiagnosis._align_old`` (None if unavailable or equal)."""
-    try:
-        text = subprocess.run(["git", "-C", str(ROOT), "show", f"{ref}:ADDiagnosis/Logic/addiagnosis/align.py"],
-                              capture_output=True, text=True, check=True).stdout
-    except (subprocess.CalledProcessError, FileNotFoundError):
-        return None
-    if text == (ROOT / "ADDiagnosis/Logic/addiagnosis/align.py").read_text():
+    text = None
+    for where in ("prep/align.py", "align.py"):  # align.py moved into prep/ with the restructure (issue 16)
+        try:
+            text = subprocess.run(["git", "-C", str(ROOT), "show", f"{ref}:ADDiagnosis/Logic/addiagnosis/{where}"],
+                                  capture_output=True, text=True, check=True).stdout
+            break
+        except (subprocess.CalledProcessError, FileNotFoundError):
+            continue
+    if text is None or text == (ROOT / "ADDiagnosis/Logic/addiagnosis/prep/align.py").read_text():
         return None
     import addiagnosis.prep.registry as pre
 
