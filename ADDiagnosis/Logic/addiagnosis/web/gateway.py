@@ -240,7 +240,9 @@ class Gateway:
 
     async def _proxy_ws(self, request: web.Request, worker: Worker) -> web.StreamResponse:
         protocols = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
-        down = web.WebSocketResponse(max_msg_size=0, protocols=protocols, autoping=True)
+        # no permessage-deflate: the views' frames are JPEG (deflate gains nothing) and aiohttp deflates a message
+        # over 16 KB in a thread, a hop per frame (scripts/bench/bench_web_click.py: a cluster click 0.71x as long)
+        down = web.WebSocketResponse(max_msg_size=0, protocols=protocols, autoping=True, compress=False)
         await down.prepare(request)
         worker.connections += 1
         try:
