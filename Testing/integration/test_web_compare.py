@@ -220,6 +220,16 @@ def test_compare_maps_in_browser(server, browser, cli_comparisons, tmp_path):  #
         assert METHOD_B in page.inner_text("#compare-figures")
         check_figures(page, server["url"], cli_comparisons["method"], tmp_path, "method")
         check_linked(page)
+        # Coronal: all three compare views turn (other slice ranges), and stay linked
+        axial_range = (state(page, "slice_compare_a_min"), state(page, "slice_compare_a_max"))
+        before = view_png(page, "compare_b")
+        page.locator("#compare-orientation button", has_text="Coronal").click()
+        page.wait_for_function("r => window.trame.state.get('slice_compare_a_min') !== r[0]"
+                               " || window.trame.state.get('slice_compare_a_max') !== r[1]", arg=list(axial_range))
+        changed_png(page, "compare_b", before)
+        check_linked(page)
+        page.locator("#compare-orientation button", has_text="Axial").click()
+        page.wait_for_function("r => window.trame.state.get('slice_compare_a_max') === r[1]", arg=list(axial_range))
         page.set_viewport_size({"width": 1280, "height": 720})
         check_layout(page)
         page.set_viewport_size({"width": 1440, "height": 900})
