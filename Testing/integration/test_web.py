@@ -462,6 +462,7 @@ def test_web_app_in_browser(server, cli_reference, browser, tmp_path):
         b.wait_for_selector("#result", state="detached")
         b.click("#diagnose")
         b.wait_for_selector("#verdict")
+        b.wait_for_selector("#downloads")  # the report is written after the result is shown
         assert b.inner_text("#verdict").startswith("not interpretable:") and "contrast" in b.inner_text("#verdict")
         assert "fail" in b.get_attribute("#verdict", "class")
         assert "addiagnosis-failed" in b.get_attribute("#result", "class")

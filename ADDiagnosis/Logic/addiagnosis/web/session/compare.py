@@ -44,22 +44,16 @@ class Comparison:
     """The compare views, the page's compare controls and the comparison on show, of one session."""
 
     def __init__(self, server, session):
-        from trame_slicer.views import ViewLayoutDefinition
-
         from addiagnosis.mrml import compare as scene_compare
 
         self.session = session
         self.page = session.page
         self.scene = session.scene
-        names = (scene_compare.LEFT[0], scene_compare.RIGHT[0], scene_compare.DIFFERENCE[0])
-        self.views = {}
-        for (key, colour), name in zip(CELLS, names):  # named as the Slicer compare layout's views: it links them
-            view = session.views.manager.create_view(ViewLayoutDefinition.slice_view("Axial", label=name, color=colour))
-            view.set_render_blocked(True)  # hidden until a comparison is shown
-            view.get_view_node().AddObserver("ModifiedEvent", lambda *_a, key=key: self._moved(key))
-            self.views[key] = view
-        self.template_names = {key: server.translator.translate_key(v.get_singleton_tag()) for key, v in
-                               self.views.items()}
+        # named as the Slicer compare layout's views (compare_nodes shows the maps in them and links them)
+        self.names = dict(zip((key for key, _ in CELLS), (scene_compare.LEFT[0], scene_compare.RIGHT[0],
+                                                          scene_compare.DIFFERENCE[0])))
+        self.template_names = {key: server.translator.translate_key(name) for key, name in self.names.items()}
+        self.views = {}  # made at the first Compare (about 1 s and 40 MB that a session that never compares saves)
         self.nodes = []  # the scene nodes a comparison added (the follow-up scan, map B, B - A)
         self.followup = self.followup_path = None
         page = self.page
@@ -189,6 +183,20 @@ class Comparison:
         self._render()
         return shown
 
+    def _make_views(self) -> None:
+        """The three compare views (trame-slicer slice views of the session's scene; their page templates are named
+        in advance), held until a comparison is shown."""
+        from trame_slicer.views import ViewLayoutDefinition
+
+        for key, colour in CELLS:
+            if key in self.views:
+                continue
+            definition = ViewLayoutDefinition.slice_view("Axial", label=self.names[key], color=colour)
+            view = self.session.views.manager.create_view(definition)
+            view.set_render_blocked(True)
+            view.get_view_node().AddObserver("ModifiedEvent", lambda *_a, key=key: self._moved(key))
+            self.views[key] = view
+
     def _push(self, scan_node, result):
         """Map B and B - A into the scene (the Slicer module's calls), shown in the compare views."""
         from addiagnosis.mrml import compare as scene_compare
@@ -196,6 +204,7 @@ class Comparison:
 
         session, page = self.session, self.page
         map_a = session.outputs.relevance
+        self._make_views()
         with self._held():
             if scan_node is None:
                 scan_node = session.runtime.add_volume(self.followup)
@@ -281,8 +290,8 @@ class Comparison:
             value = float(value)
         except (TypeError, ValueError):
             return
-        view = self.views[key]
-        if abs(view.get_slice_value() - value) > 1e-6:
+        view = self.views.get(key)
+        if view is not None and abs(view.get_slice_value() - value) > 1e-6:
             move_linked(view.get_view_node(), value)
             if self.page.compare_shown:
                 self._render()
