@@ -23,7 +23,7 @@ from addiagnosis.io.checks import check_volume
 from addiagnosis.io.volume import Volume
 from addiagnosis.metrics import share_inside
 from addiagnosis.models import ood as ood_model
-from addiagnosis.models.card import AUTO_METHOD, METHOD_CHOICES, METHODS, SYNTHETIC_NOTICE, recommended_method  # noqa: F401
+from addiagnosis.models.card import AUTO_METHOD, METHOD_CHOICES, METHODS, SYNTHETIC_NOTICE
 from addiagnosis.models.package import ModelPackage, find_package
 from addiagnosis.prep import qc as quality
 from addiagnosis.prep.physical import Prepared, prepare, reference_input

@@ -183,7 +183,8 @@ class Batch:
 
     def load_model(self) -> None:
         """The model, method, target and regions; run.json checked (same settings) and this part's manifest."""
-        from addiagnosis.engine import SYNTHETIC_NOTICE, get_diagnoser
+        from addiagnosis.engine import get_diagnoser
+        from addiagnosis.models.card import SYNTHETIC_NOTICE
 
         opts = self.opts
         self.diagnoser = d = get_diagnoser(opts.model, opts.device)

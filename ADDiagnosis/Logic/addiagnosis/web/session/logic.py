@@ -77,7 +77,7 @@ class Session:
         self.compare = Comparison(server, self)  # comparison with another map (web/session/compare.py)
 
     def _init_page(self) -> None:
-        from addiagnosis.engine import METHOD_CHOICES
+        from addiagnosis.models.card import METHOD_CHOICES
         from addiagnosis.models.package import find_package, list_packages
 
         default = find_package(self.config.model)
