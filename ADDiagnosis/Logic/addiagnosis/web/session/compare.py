@@ -188,12 +188,15 @@ class Comparison:
         in advance), held until a comparison is shown."""
         from trame_slicer.views import ViewLayoutDefinition
 
+        from addiagnosis.web.session.views import single_sampled
+
         for key, colour in CELLS:
             if key in self.views:
                 continue
             definition = ViewLayoutDefinition.slice_view("Axial", label=self.names[key], color=colour)
             view = self.session.views.manager.create_view(definition)
             view.set_render_blocked(True)
+            single_sampled(view)  # as the main slice views: no multisampling (2.3x a frame on Mesa's CPU renderer)
             view.get_view_node().AddObserver("ModifiedEvent", lambda *_a, key=key: self._moved(key))
             self.views[key] = view
 
