@@ -48,7 +48,7 @@ from addiagnosis.prep import atlas as _atlasData  # noqa: E402 - is the atlas in
 from addiagnosis.prep import qc as _quality  # noqa: E402 - the verdict a result is shown with (torch-free)
 from addiagnosis.worker import client as _client  # noqa: E402 - the long-lived worker process and its jobs
 
-METHODS = list(_card.METHOD_CHOICES)  # "auto": the card's recommended method (lrp-reference-alpha1beta0, bundled)
+METHODS = list(_card.METHOD_CHOICES)  # "auto": the card's recommended method (lrp-reference-alpha1.25beta0.25, bundled)
 TORCH_REQUIREMENT = ">=2.1"
 # Asked for (once, with a confirmation) only where missing; the worker reads voxels from .npy, not files, so nibabel
 # is not needed inside Slicer. Never numpy/SimpleITK/torch from PyPI (torch comes through PyTorchUtils).
@@ -1021,7 +1021,7 @@ class ADDiagnosisTest(ScriptedLoadableModuleTest):
         logic = ADDiagnosisLogic()
         result, outputs = logic.process(inputNode)  # default model, method "auto"
         self.assertEqual(result.model_name, "addiagnosis-synthetic-demo")
-        self.assertEqual(result.method, "lrp-reference-alpha1beta0")  # the card's recommended method
+        self.assertEqual(result.method, "lrp-reference-alpha1.25beta0.25")  # the card's recommended method
         self.assertEqual(result.predicted, "AD")  # a held-out synthetic AD subject
         rel = outputs.relevance
         np.testing.assert_allclose(node_ijk_to_ras(rel), node_ijk_to_ras(inputNode), atol=1e-9)

@@ -27,7 +27,7 @@ import slicer_app  # noqa: E402
 
 TAG = os.environ.get("ADDIAGNOSIS_SLICER_TAG", "v5.10.0")
 TICK_S = 0.05  # the module's QTimer interval
-METHOD = "lrp-reference-alpha1beta0"  # the bundled model's recommended method ("auto")
+METHOD = "lrp-reference-alpha1.25beta0.25"  # the bundled model's recommended method ("auto")
 RESULTS = {}  # target -> the worker's DiagnosisResult
 
 

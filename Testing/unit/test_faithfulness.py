@@ -87,7 +87,7 @@ def test_bundled_model_default_map_beats_random_on_the_example_scan():
     vol = read_nifti(default_scan())
     res = d.run(vol, "auto", "AD")
     block = fa.for_diagnosis(d, vol, res)
-    assert block["method"] == res.method == "lrp-reference-alpha1beta0"
+    assert block["method"] == res.method == "lrp-reference-alpha1.25beta0.25"
     assert block["p_scan"] == pytest.approx(res.probabilities["AD"], abs=1e-5)
     assert block["deletion_faster_than_random"] and block["insertion_faster_than_random"]
     assert block["aopc_deletion"] > block["aopc_deletion_random"]

@@ -20,6 +20,8 @@ from addiagnosis.resources import BUNDLED_MODELS_DIR
 
 from conftest import GRID, random_model
 
+NEW = "lrp-reference-alpha1.25beta0.25"  # the bundled model's recommended method (issue 19 item 4)
+
 
 def _inputs(seed=1):
     g = torch.Generator().manual_seed(seed)
@@ -173,14 +175,15 @@ def test_bundled_default_method_finds_the_atrophy_and_is_stable(atrophy):
               "participant_id": "check"}
     scan, mask, _ = synth.make_subject(params)
     d = Diagnoser()
-    assert d.recommended_method == "lrp-reference-alpha1beta0"
+    assert d.recommended_method == NEW
     res = d.run(scan, None, "AD")
-    assert res.method == "lrp-reference-alpha1beta0"
+    assert res.method == NEW
     assert res.relevance.array.shape == scan.shape and np.array_equal(res.relevance.ijk_to_ras, scan.ijk_to_ras)
-    assert float(res.relevance.array.min()) >= 0.0  # alpha1-beta0: no negative relevance
+    rel = res.relevance.array
+    assert -rel[rel < 0].sum() < 0.05 * rel[rel > 0].sum()  # beta 0.25: a little negative relevance (measured 1 %)
     share = relevance_mass_accuracy(res.relevance.array, mask.array > 0)
     plain = relevance_mass_accuracy(d.run(scan, "lrp-alpha1beta0", "AD").relevance.array, mask.array > 0)
-    assert share > 0.4 and share > plain + 0.05, (share, plain)  # measured: 0.57 vs 0.48 (A), erode wider apart
+    assert share > 0.4 and share > plain + 0.05, (share, plain)  # measured: 0.62 vs 0.48 (A), 0.54 vs 0.26 (B)
     assert res.summary["positive_fraction_in_brain"] > 0.95
-    st = stability.subject_stability(d, scan, ["lrp-reference-alpha1beta0"], "AD")["lrp-reference-alpha1beta0"]
-    assert st["flip"] > 0.95 and st["resample"] > 0.9 and st["noise_1pct"] > 0.95, st  # measured 0.98, 0.96, 0.99 (A)
+    st = stability.subject_stability(d, scan, [NEW], "AD")[NEW]
+    assert st["flip"] > 0.95 and st["resample"] > 0.9 and st["noise_1pct"] > 0.95, st  # measured 0.97, 0.94, 0.98 (A)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from addiagnosis.models.package import default_package
+from addiagnosis.research import train
 from addiagnosis.resources import BUNDLED_MODELS_DIR as BUNDLED_DIR
 
 SAMPLE = Path(BUNDLED_DIR).parent / "SampleData" / "synthetic-AD-subject.nii.gz"
@@ -26,8 +27,9 @@ def test_card_says_what_the_model_is():
     assert card["split"]["unit"] == "subject"
     assert card["preprocessing"]["kind"] == "template"
     # the default explains relative to the healthy template with the stable rule (issue 11); the alternatives stay
-    assert card["explanation"]["method"] == "lrp-reference-alpha1beta0"
-    assert {"lrp-reference", "lrp-alpha1beta0"} <= set(card["explanation"]["alternatives"])
+    assert card["explanation"]["method"] == "lrp-reference-alpha1.25beta0.25"  # issue 19 item 4
+    assert {"lrp-reference-alpha1beta0", "lrp-reference", "lrp-alpha1beta0"} <= set(card["explanation"]["alternatives"])
+    assert card["explanation"] == train.explanation_block("template")  # what train writes into new cards
     # trained on both atrophy models; scored on a fresh test cohort of each (docs/training.md, cross-generator table)
     assert "atrophy model default" in card["training_data"] and "atrophy model erode" in card["training_data"]
     cohorts = card["evaluation"]["by_cohort"]

@@ -247,7 +247,7 @@ def test_diagnose_shows_relevance_table_chart_and_3d(app):
     assert not qt.RECORD["messages"], qt.RECORD["messages"]
     assert w.ui.diagnoseButton.text == "Diagnose" and not w.ui.progressBar.visible
     probs = _relevance_checks(slicer, w)
-    assert w.ui.predictedLabel.text.startswith("AD") and "lrp-reference-alpha1beta0" in w.ui.predictedLabel.text
+    assert w.ui.predictedLabel.text.startswith("AD") and "lrp-reference-alpha1.25beta0.25" in w.ui.predictedLabel.text
     assert "synthetic data" in w.ui.predictedLabel.text
     assert w.ui.statusLabel.text.startswith("done in")
     assert max(probs, key=probs.get) == "AD"

@@ -6,8 +6,8 @@ import argparse
 
 from addiagnosis.models.card import AUTO_METHOD, DEFAULT_METHOD, METHOD_CHOICES
 
-METHOD_HELP = ("relevance method (default auto: the model card's recommended one, lrp-reference-alpha1beta0 for the "
-               f"bundled model, else {DEFAULT_METHOD})")
+METHOD_HELP = ("relevance method (default auto: the model card's recommended one, lrp-reference-alpha1.25beta0.25 "
+               f"for the bundled model, else {DEFAULT_METHOD})")
 
 
 def engine_options(p: argparse.ArgumentParser) -> None:

@@ -417,6 +417,20 @@ def _record_epoch(progress: TrainingState, model, ep: int, losses: list[float], 
 
 
 # ------------------------------------------------------------------------------------------ card
+def explanation_block(kind: str | None) -> dict:
+    """The card's recommended method: relative to the template where there is one (alpha 1.25, beta 0.25: chosen
+    on randomisation, stability and localisation together, docs/training.md, issue 19), else plain LRP."""
+    if kind != "template":  # no healthy reference: plain LRP, stable across storage and noise
+        return {"method": "lrp-alpha1beta0"}
+    return {"method": "lrp-reference-alpha1.25beta0.25", "alternatives": {
+        "lrp-reference-alpha1beta0": "alpha1-beta0 on the differences from the template: the most stable across "
+                                     "how a scan is stored and noise, but its maps resemble a random-weight "
+                                     "network's more (model randomisation |r| above 0.3; docs/training.md)",
+        "lrp-reference": "alpha2-beta1 on the differences from the template: a little more relevance in the "
+                         "true atrophy, but not stable across how a scan is stored or noise (docs/training.md)",
+        "lrp-alpha1beta0": "plain LRP, no reference: stable, but credits intact tissue around the evidence"}}
+
+
 def model_card(out: Path, cfg: TrainConfig, d: TrainingData, progress: TrainingState, stop_reason: str,
                reports: dict, data_path: Path, world: int = 1) -> dict:
     """The new package's card: data, split, the training run, ``reports`` (val/test metrics), intended use."""
@@ -448,13 +462,7 @@ def model_card(out: Path, cfg: TrainConfig, d: TrainingData, progress: TrainingS
         "metrics": reports,
         "default": bool(cfg.default),
     }
-    if pre.get("kind") == "template":  # a healthy reference exists (the template): explain relative to it (lrp.py)
-        card_out["explanation"] = {"method": "lrp-reference-alpha1beta0", "alternatives": {
-            "lrp-reference": "alpha2-beta1 on the differences from the template: a little more relevance in the "
-                             "true atrophy, but not stable across how a scan is stored or noise (docs/training.md)",
-            "lrp-alpha1beta0": "plain LRP, no reference: stable, but credits intact tissue around the evidence"}}
-    else:  # no reference: plain LRP, stable across storage and noise (docs/training.md)
-        card_out["explanation"] = {"method": "lrp-alpha1beta0"}
+    card_out["explanation"] = explanation_block(pre.get("kind"))
     if dataset is not None:
         card_out["synthetic"] = True
         card_out["intended_use"] = (
