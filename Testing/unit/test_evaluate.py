@@ -73,6 +73,12 @@ def test_severity_trend_known_answers():
     assert t["mean_by_severity_quantile"] == pytest.approx([0.0643, 0.3214, 0.5786, 0.8357], abs=1e-4)
     t = metrics.severity_trend(sev[::-1], probs, classes)  # falls with severity
     assert t["spearman_rho"] == pytest.approx(-1.0) and not t["rising"]
+    flat = np.stack([np.r_[1 - v, 0, 0, v / 2, v / 2] for v in [0.002, 0.001, 0.0, 0.001, 0.5, 0.6, 1.0, 1.0]])
+    t = metrics.severity_trend(sev, flat, classes)  # the two lowest bins both ~0: a dip of 0.001 is no fall
+    assert t["mean_by_severity_quantile"][1] < t["mean_by_severity_quantile"][0] and t["rising"]
+    dip = np.stack([np.r_[1 - v, 0, 0, v / 2, v / 2] for v in [0.3, 0.3, 0.1, 0.1, 0.5, 0.6, 1.0, 1.0]])
+    assert not metrics.severity_trend(sev, dip, classes)["rising"]  # a fall of 0.2 is one
+    assert not metrics.severity_trend(sev, np.tile(flat[:1], (8, 1)), classes)["rising"]  # flat: not rising
     t = metrics.severity_trend([None] * 4 + sev[4:], probs, classes)  # severities unknown for half: too few
     assert t is None
 

@@ -81,12 +81,17 @@ def classification_report(probs, y_true, class_names: list[str]) -> dict:
     return out
 
 
+RISING_TOLERANCE = 0.01  # a probability difference this small between severity bins is not a fall
+
+
 def severity_trend(severity, probs, class_names: list[str], bins: int = 4) -> dict | None:
     """Does the late-stage probability (the last two classes, e.g. P(LMCI) + P(AD)) rise with disease severity?
 
     Spearman's rho over scans with a known severity, and the mean late-stage probability per severity
-    quantile bin (lowest first); ``rising``: every bin's mean at least the previous one's. None without
-    severities (fewer than ``2 * bins`` scans with one)."""
+    quantile bin (lowest first); ``rising``: no bin's mean falls below the previous one's by more than
+    ``RISING_TOLERANCE`` and the last bin's is above the first's (two bins both near 0, as calibrated
+    probabilities of healthy-looking scans are, differ by noise, not by a fall). None without severities
+    (fewer than ``2 * bins`` scans with one)."""
     sev = np.array([np.nan if v is None else v for v in severity], dtype=np.float64)
     late = np.asarray(probs, dtype=np.float64).reshape(len(sev), len(class_names))[:, -2:].sum(1)
     ok = np.isfinite(sev)
@@ -96,7 +101,8 @@ def severity_trend(severity, probs, class_names: list[str], bins: int = 4) -> di
     order = np.argsort(sev, kind="stable")
     means = [float(late[chunk].mean()) for chunk in np.array_split(order, bins)]
     return {"n": int(ok.sum()), "classes": list(class_names[-2:]), "spearman_rho": spearman(sev, late),
-            "mean_by_severity_quantile": means, "rising": bool(np.all(np.diff(means) >= 0))}
+            "mean_by_severity_quantile": means,
+            "rising": bool(np.all(np.diff(means) >= -RISING_TOLERANCE) and means[-1] > means[0])}
 
 
 # ------------------------------------------------------------------------------- explanations
