@@ -60,7 +60,7 @@ $PY -m addiagnosis.cli train "$WORK/mix_train.tsv" --out "$PKG" --name addiagnos
 MODELS=(--model "mixture=$PKG")
 [ "$CROSS" = 1 ] && MODELS+=(--model "onlyA=$WORK/models/onlyA" --model "onlyB=$WORK/models/onlyB")
 $PY scripts/experiments/cross_generator.py "${MODELS[@]}" --cohort "A=$WORK/A_test" --cohort "B=$WORK/B_test" \
-    --out "$WORK/cross" --method lrp-reference-alpha1beta0 --stability 10
+    --out "$WORK/cross" --method auto --stability 10
 $PY -m addiagnosis.cli package record-evaluation "$PKG" "A-default=$WORK/cross/mixture__A/metrics.json" \
     "B-erode=$WORK/cross/mixture__B/metrics.json" \
     --note "scripts/assets/train_demo.sh step 4 (scripts/experiments/cross_generator.py, then addiagnosis package record-evaluation)"
