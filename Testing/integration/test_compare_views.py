@@ -11,6 +11,7 @@ slicer = pytest.importorskip("slicer", reason="the slicer-core runtime is not in
 from addiagnosis.io.volume import Volume  # noqa: E402
 from addiagnosis.mrml import compare as scene_compare  # noqa: E402
 from addiagnosis.mrml import compare_views  # noqa: E402
+from addiagnosis.mrml import scene as scene_module  # noqa: E402
 from addiagnosis.mrml.runtime import SlicerRuntime  # noqa: E402
 
 
@@ -42,10 +43,12 @@ def test_legend_colours_and_removal(scene):
     scene, scan, (map_a, map_b) = scene
     colour = scene_compare.difference_color(scene)
     map_a.GetDisplayNode().SetAndObserveColorNodeID(colour.GetID())
-    legend = compare_views.color_legend(scene, map_a, compare_views.DIFFERENCE_TITLE)
-    assert compare_views.color_legend(scene, map_a, "again") is legend  # made once, then updated
+    legend = scene_module.color_legend(scene, map_a, compare_views.DIFFERENCE_TITLE)
+    assert scene_module.color_legend(scene, map_a, "again") is legend  # made once, then updated
     assert legend.GetTitleText() == "again" and legend.GetVisibility()
     assert legend.GetPrimaryDisplayNode() is map_a.GetDisplayNode()
+    assert scene_compare.difference_color(scene) is colour  # one colour node per scene, by name
+    assert colour.GetColorTransferFunction().GetSize() == len(scene_compare.COLD_HOT)
     own = scene.AddNode(slicer.vtkMRMLProceduralColorNode())
     map_b.GetDisplayNode().SetAndObserveColorNodeID(own.GetID())
     compare_views.same_colours(map_b, map_a)  # it has colours of its own: kept

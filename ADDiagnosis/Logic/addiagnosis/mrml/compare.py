@@ -41,6 +41,7 @@ from addiagnosis.mrml.scene import (
     display_range,
     node_ref,
     place_under,
+    procedural_color,
 )
 
 COMPARE_LAYOUT_ID = 20601  # a custom layout id, well above Slicer's own (they end below 1000)
@@ -386,18 +387,7 @@ def compare(map_a, map_b, top_percent: float = DEFAULT_TOP_PERCENT) -> cmp.MapCo
 
 def difference_color(scene):
     """The cold-hot colour node of differences (one per scene)."""
-    node = scene.GetFirstNodeByName(DIFFERENCE_COLOR_NAME)
-    if node is not None and node.IsA("vtkMRMLProceduralColorNode"):
-        return node
-    node = slicer.vtkMRMLProceduralColorNode()
-    node.SetName(DIFFERENCE_COLOR_NAME)
-    node.SetAttribute("Category", "ADDiagnosis")
-    ctf = node.GetColorTransferFunction()
-    ctf.RemoveAllPoints()
-    for x, r, g, b in COLD_HOT:
-        ctf.AddRGBPoint(x * 255.0, r, g, b)
-    scene.AddNode(node)
-    return node
+    return procedural_color(scene, DIFFERENCE_COLOR_NAME, COLD_HOT)
 
 
 def _difference_node(scene, map_a, map_b, comparison: cmp.MapComparison, undo: SceneUndo):

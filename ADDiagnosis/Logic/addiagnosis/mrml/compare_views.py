@@ -12,29 +12,6 @@ from __future__ import annotations
 DIFFERENCE_TITLE = "B - A (share per mL)"
 
 
-def color_legend(scene, volume_node, title: str, label_format: str = "%.1e"):
-    """The colour legend of ``volume_node``'s display (made once, then updated), shown in every view."""
-    import slicer
-
-    display = volume_node.GetDisplayNode()
-    legend = None
-    for i in range(volume_node.GetNumberOfDisplayNodes()):
-        node = volume_node.GetNthDisplayNode(i)
-        if node is not None and node.IsA("vtkMRMLColorLegendDisplayNode"):
-            legend = node
-    if legend is None:
-        legend = slicer.vtkMRMLColorLegendDisplayNode()
-        legend.SetName(f"{volume_node.GetName()} legend")
-        scene.AddNode(legend)
-        legend.SetAndObservePrimaryDisplayNode(display)
-        volume_node.AddAndObserveDisplayNodeID(legend.GetID())
-    legend.SetTitleText(title)
-    legend.SetLabelFormat(label_format)
-    legend.SetUseColorNamesForLabels(False)
-    legend.SetVisibility(True)
-    return legend
-
-
 def same_colours(volume_node, like) -> None:
     """``volume_node`` shown in ``like``'s colours when it has none of its own (a kept map of a scan that was never
     diagnosed in the scene, such as a follow-up: its map has no current relevance to take them from)."""

@@ -110,20 +110,25 @@ def display_range(relevance: np.ndarray, top_percent: float = DEFAULT_TOP_PERCEN
                         empty=False)
 
 
-def _hot_color_node(scene):
-    node = scene.GetFirstNodeByName(COLOR_NODE_NAME)
+def procedural_color(scene, name: str, points):
+    """The procedural colour node ``name`` of ``points`` ((x, r, g, b), x over [0, 1]), made once per scene."""
+    node = scene.GetFirstNodeByName(name)
     if node is not None and node.IsA("vtkMRMLProceduralColorNode"):
         return node
     node = slicer.vtkMRMLProceduralColorNode()
-    node.SetName(COLOR_NODE_NAME)
+    node.SetName(name)
     node.SetAttribute("Category", "ADDiagnosis")
     node.SetHideFromEditors(False)
     ctf = node.GetColorTransferFunction()
     ctf.RemoveAllPoints()
-    for x, r, g, b in HOT:  # x over [0, 255]: Slicer maps window/level onto 0..255 before the colours
+    for x, r, g, b in points:  # x over [0, 255]: Slicer maps window/level onto 0..255 before the colours
         ctf.AddRGBPoint(x * 255.0, r, g, b)
     scene.AddNode(node)
     return node
+
+
+def _hot_color_node(scene):
+    return procedural_color(scene, COLOR_NODE_NAME, HOT)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -242,7 +247,7 @@ def _push(scene, input_node, result, *, rng: DisplayRange, options: PushOptions,
     try:
         rel_node, disp = _relevance_volume(scene, input_node, result, undo)
         color = _show_relevance(scene, disp, rng, options.threshold)
-        legend = _legend(scene, rel_node, disp, result)
+        legend = color_legend(scene, rel_node, f"LRP relevance ({result.target})")
         if options.show_in_views:  # slice views: relevance as foreground over the input
             show_overlay(scene, input_node, rel_node, options.opacity, undo)
         # 3D: volume rendering of the top relevance
@@ -301,20 +306,21 @@ def _show_relevance(scene, disp, rng: DisplayRange, threshold: float | None):
     return color
 
 
-def _legend(scene, rel_node, disp, result):
+def color_legend(scene, volume_node, title: str, label_format: str = "%.2e"):
+    """The colour legend of ``volume_node``'s display (made once, then updated), shown in every view."""
     legend = None
-    for i in range(rel_node.GetNumberOfDisplayNodes()):
-        d = rel_node.GetNthDisplayNode(i)
-        if d is not None and d.IsA("vtkMRMLColorLegendDisplayNode"):
-            legend = d
+    for i in range(volume_node.GetNumberOfDisplayNodes()):
+        node = volume_node.GetNthDisplayNode(i)
+        if node is not None and node.IsA("vtkMRMLColorLegendDisplayNode"):
+            legend = node
     if legend is None:
         legend = slicer.vtkMRMLColorLegendDisplayNode()
-        legend.SetName(f"{rel_node.GetName()} legend")
+        legend.SetName(f"{volume_node.GetName()} legend")
         scene.AddNode(legend)
-        legend.SetAndObservePrimaryDisplayNode(disp)
-        rel_node.AddAndObserveDisplayNodeID(legend.GetID())
-    legend.SetTitleText(f"LRP relevance ({result.target})")
-    legend.SetLabelFormat("%.2e")
+        legend.SetAndObservePrimaryDisplayNode(volume_node.GetDisplayNode())
+        volume_node.AddAndObserveDisplayNodeID(legend.GetID())
+    legend.SetTitleText(title)
+    legend.SetLabelFormat(label_format)
     legend.SetUseColorNamesForLabels(False)
     legend.SetVisibility(True)
     return legend

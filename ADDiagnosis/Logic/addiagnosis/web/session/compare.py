@@ -203,7 +203,8 @@ class Comparison:
     def _push(self, scan_node, result):
         """Map B and B - A into the scene (the Slicer module's calls), shown in the compare views."""
         from addiagnosis.mrml import compare as scene_compare
-        from addiagnosis.mrml.compare_views import DIFFERENCE_TITLE, color_legend, same_colours
+        from addiagnosis.mrml.compare_views import DIFFERENCE_TITLE, same_colours
+        from addiagnosis.mrml.scene import color_legend
 
         session, page = self.session, self.page
         map_a = session.outputs.relevance
@@ -220,7 +221,7 @@ class Comparison:
                                                 top_percent=float(page.top_percent))
             self.nodes.append(shown.difference)
             legends = [color_legend(self.scene, map_b, f"LRP relevance ({result.target})", "%.2e"),
-                       color_legend(self.scene, shown.difference, DIFFERENCE_TITLE)]
+                       color_legend(self.scene, shown.difference, DIFFERENCE_TITLE, "%.1e")]
             self._orient(page.compare_orientation, render=False)
         for legend in legends:
             session.views.show_legend(legend)
