@@ -156,5 +156,8 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
     from scipy import stats
 
-    r = stats.spearmanr(np.asarray(a).ravel(), np.asarray(b).ravel()).statistic
+    a, b = np.asarray(a).ravel(), np.asarray(b).ravel()
+    if a.size < 2 or np.all(a == a[0]) or np.all(b == b[0]):  # undefined for a constant input: no correlation
+        return 0.0
+    r = stats.spearmanr(a, b).statistic
     return float(r) if np.isfinite(r) else 0.0
