@@ -172,6 +172,22 @@ def check_linked(page) -> None:
                            " && Math.abs(s.get('slice_compare_diff') - a) < 1e-3; }")
 
 
+def check_restyle(page) -> None:
+    """Top % and Opacity reach map B's compare view as they reach A's: more of B shown at Top % 30, none at
+    opacity 0; then back to the page's defaults."""
+    before = view_png(page, "compare_b")
+    set_state(page, "top_percent", 30.0)
+    wider = changed_png(page, "compare_b", before)
+    assert hot_pixels(wider) > 1.5 * hot_pixels(before), (hot_pixels(before), hot_pixels(wider))
+    set_state(page, "opacity", 0.0)
+    hidden = changed_png(page, "compare_b", wider)
+    assert hot_pixels(hidden) < 0.1 * hot_pixels(wider), (hot_pixels(wider), hot_pixels(hidden))
+    set_state(page, "opacity", 0.6)
+    shown = changed_png(page, "compare_b", hidden)
+    set_state(page, "top_percent", 5.0)
+    changed_png(page, "compare_b", shown)
+
+
 def check_layout(page) -> None:
     """At 1280x720: the compare controls can be scrolled to and are whole; the compare views fit the window."""
     width, height = page.viewport_size["width"], page.viewport_size["height"]
@@ -220,6 +236,7 @@ def test_compare_maps_in_browser(server, browser, cli_comparisons, tmp_path):  #
         assert METHOD_B in page.inner_text("#compare-figures")
         check_figures(page, server["url"], cli_comparisons["method"], tmp_path, "method")
         check_linked(page)
+        check_restyle(page)
         # Coronal: all three compare views turn (other slice ranges), and stay linked
         axial_range = (state(page, "slice_compare_a_min"), state(page, "slice_compare_a_max"))
         before = view_png(page, "compare_b")

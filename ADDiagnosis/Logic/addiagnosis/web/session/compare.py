@@ -55,6 +55,7 @@ class Comparison:
         self.template_names = {key: server.translator.translate_key(name) for key, name in self.names.items()}
         self.views = {}  # made at the first Compare (about 1 s and 40 MB that a session that never compares saves)
         self.nodes = []  # the scene nodes a comparison added (the follow-up scan, map B, B - A)
+        self.map_b = None  # map B's node while a comparison is shown (Top % and Opacity follow the page)
         self.followup = self.followup_path = None
         page = self.page
         for key, _ in CELLS:
@@ -216,6 +217,7 @@ class Comparison:
             scene_compare.remember_registration(map_a, session.result.preprocessing)
             map_b = scene_compare.keep_result(self.scene, scan_node, result, float(page.top_percent))
             self.nodes.append(map_b)
+            self.map_b = map_b
             same_colours(map_b, map_a)
             shown = scene_compare.compare_nodes(self.scene, map_a, map_b, float(page.opacity), difference=True,
                                                 top_percent=float(page.top_percent))
@@ -269,6 +271,18 @@ class Comparison:
         for view in [*views.slices.values(), views.threed]:
             if view.is_render_blocked == shown:
                 view.set_render_blocked(not shown)
+
+    def restyle(self, opacity: float, top_percent: float) -> None:
+        """The page's Opacity and Top % on map B as well (map A is the session's own relevance node, which the
+        session restyles; the figures keep the Top % they were computed at, as they say)."""
+        if self.map_b is None:
+            return
+        from addiagnosis.mrml.scene import set_overlay_opacity, set_top_percent
+
+        set_overlay_opacity(self.scene, self.map_b, opacity)
+        set_top_percent(self.map_b, top_percent)
+        if self.page.compare_shown:
+            self._render()
 
     def _render(self) -> None:
         for view in self.views.values():
@@ -324,7 +338,7 @@ class Comparison:
             view.set_background_volume_id(None)
             view.set_foreground_volume_id(None)
         remove_nodes(self.scene, reversed(self.nodes))
-        self.nodes = []
+        self.nodes, self.map_b = [], None
         for name in STAGED:
             (self.session.results / name).unlink(missing_ok=True)
         if not keep_followup:

@@ -388,6 +388,7 @@ class Session:
 
         set_overlay_opacity(self.scene, self.outputs.relevance, float(opacity))
         self.views.render(slices_only=True)
+        self.compare.restyle(float(opacity), float(self.page.top_percent))
 
     def set_top_percent(self, top_percent) -> None:
         if self.outputs is None:
@@ -396,6 +397,7 @@ class Session:
 
         self._show_threshold(set_top_percent(self.outputs.relevance, float(top_percent)))
         self.views.render(slices_only=True)
+        self.compare.restyle(float(self.page.opacity), float(top_percent))
 
     def _show_threshold(self, lower: float) -> None:
         """The threshold as a value and as what it shows: shares of the positive relevance and of the voxels."""
