@@ -16,11 +16,8 @@ largest change of the transform on the scans where the new code took no fallback
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,26 +25,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "ADDiagnosis" / "Logic"))
-ALIGN = "ADDiagnosis/Logic/addiagnosis/prep/align.py"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-
-def old_align(ref: str):
-    """``prep/align.py`` as of git ``ref`` as a module of its own (its registration of the kind is undone)."""
-    import addiagnosis.prep.registry as pre
-
-    text = subprocess.run(["git", "-C", str(ROOT), "show", f"{ref}:{ALIGN}"], capture_output=True, text=True,
-                          check=True).stdout
-    saved = (dict(pre._REGISTRY), dict(pre._REFERENCES))
-    path = Path(tempfile.mkdtemp()) / "_align_old.py"
-    path.write_text(text)
-    spec = importlib.util.spec_from_file_location("addiagnosis._align_old", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    for table, before in zip((pre._REGISTRY, pre._REFERENCES), saved):
-        table.clear()
-        table.update(before)
-    return mod
+from bench_registration import old_align  # noqa: E402  (prep/align.py of a git revision, as a module of its own)
 
 
 def head_scale(seed: int, index: int) -> float:
@@ -119,7 +99,10 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     pkg = default_package()
     template.use_package_template(pkg.path, pkg.card)
-    codes = {"new": align, "old": old_align(a.old_ref)}
+    old = old_align(a.old_ref)
+    if old is None:
+        raise SystemExit(f"no prep/align.py at {a.old_ref!r} that differs from this tree's")
+    codes = {"new": align, "old": old}
     for mod in codes.values():  # warm-up, not timed: each module builds its own template caches
         mod._fixed()
         mod.template_on_grid(*mod.model_grid(pkg.card["preprocessing"], pkg.card["input_grid"]))
