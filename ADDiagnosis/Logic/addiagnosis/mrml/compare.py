@@ -31,7 +31,14 @@ import slicer
 
 from addiagnosis.explain import comparison as cmp
 from addiagnosis.io.volume import Volume
-from addiagnosis.mrml.nodes import SceneError, array_from_node, node_ijk_to_ras, node_world_ijk_to_ras, set_node_image
+from addiagnosis.mrml.nodes import (
+    SceneError,
+    array_from_node,
+    display_node,
+    node_ijk_to_ras,
+    node_world_ijk_to_ras,
+    set_node_image,
+)
 from addiagnosis.mrml.scene import (
     DEFAULT_OPACITY,
     DEFAULT_TOP_PERCENT,
@@ -42,6 +49,8 @@ from addiagnosis.mrml.scene import (
     node_ref,
     place_under,
     procedural_color,
+    set_only,
+    show_range,
 )
 
 COMPARE_LAYOUT_ID = 20601  # a custom layout id, well above Slicer's own (they end below 1000)
@@ -117,10 +126,6 @@ def _slice_nodes(scene, name: str, orientation: str):
     return node, comp
 
 
-def _set(get, set_, value) -> None:  # SceneUndo.change where nothing is to be undone
-    set_(value)
-
-
 def in_compare(scene) -> bool:
     """Whether the scene's layout is one of the compare layouts."""
     return _layout_node(scene).GetViewArrangement() in (COMPARE_LAYOUT_ID, DIFFERENCE_LAYOUT_ID)
@@ -144,7 +149,7 @@ def compare_layout(scene, left, right, opacity: float = DEFAULT_OPACITY, link: b
     """Show ``left`` and ``right`` (each ``(background node, relevance node)``) side by side, and ``difference``
     (``(background node, difference node)``) in a third column when given; returns {view name: slice node}.
     ``link``: slices move together (per orientation). ``undo``: what was changed is restored on its rollback."""
-    change = undo.change if undo is not None else _set
+    change = undo.change if undo is not None else set_only
     columns = [(LEFT, left), (RIGHT, right)] + ([(DIFFERENCE, difference)] if difference is not None else [])
     layout_id = COMPARE_LAYOUT_ID if difference is None else DIFFERENCE_LAYOUT_ID
     layout = _layout_node(scene)
@@ -196,11 +201,17 @@ def leave_compare(scene, default=None) -> int:
 # ---------------------------------------------------------------------------------------------------
 
 
+def _registration_text(preprocessing: dict | None) -> str | None:
+    """A diagnosis's registration (MNI -> scan RAS) as the map attribute stores it (16 numbers, JSON)."""
+    m = (preprocessing or {}).get("mni_to_input_ras")
+    return json.dumps(np.asarray(m, dtype=float).ravel().tolist()) if m is not None else None
+
+
 def remember_registration(relevance_node, preprocessing: dict | None) -> None:
     """Store the diagnosis's registration (MNI -> scan RAS) on its map: needed to compare maps of two scans."""
-    m = (preprocessing or {}).get("mni_to_input_ras")
-    if m is not None:
-        relevance_node.SetAttribute(ATTR_REGISTRATION, json.dumps(np.asarray(m, dtype=float).ravel().tolist()))
+    text = _registration_text(preprocessing)
+    if text is not None:
+        relevance_node.SetAttribute(ATTR_REGISTRATION, text)
 
 
 def registration_of(node) -> dict | None:
@@ -274,21 +285,11 @@ def _drop_reference(node, role: str, node_id: str) -> None:
 
 def _show_map(scene, node, like, top_percent: float) -> None:
     """``node`` displayed as the relevance ``like`` is (its colours), thresholded at its own top ``top_percent``."""
-    disp = node.GetDisplayNode()
-    if disp is None:
-        disp = slicer.vtkMRMLScalarVolumeDisplayNode()
-        scene.AddNode(disp)
-        node.SetAndObserveDisplayNodeID(disp.GetID())
+    disp = display_node(scene, node)
     like_disp = like.GetDisplayNode() if like is not None else None
     if like_disp is not None and like_disp.GetColorNodeID():
         disp.SetAndObserveColorNodeID(like_disp.GetColorNodeID())
-    rng = display_range(array_from_node(node), top_percent)
-    disp.AutoWindowLevelOff()
-    disp.SetWindowLevelMinMax(rng.lower, rng.upper)
-    disp.AutoThresholdOff()
-    disp.SetThreshold(rng.lower, max(rng.max, rng.lower) + 1.0)
-    disp.ApplyThresholdOn()
-    disp.SetInterpolate(1)
+    show_range(disp, display_range(array_from_node(node), top_percent))
 
 
 def _store_map(scene, input_node, array: np.ndarray, values, registration: str | None, top_percent: float,
@@ -348,8 +349,7 @@ def keep_result(scene, input_node, result, top_percent: float = DEFAULT_TOP_PERC
     rel = result.relevance
     if tuple(rel.shape) != tuple(input_node.GetImageData().GetDimensions()):
         raise SceneError(f"relevance grid {tuple(rel.shape)} does not match '{input_node.GetName()}'")
-    m = (result.preprocessing or {}).get("mni_to_input_ras")
-    registration = json.dumps(np.asarray(m, dtype=float).ravel().tolist()) if m is not None else None
+    registration = _registration_text(result.preprocessing)
     values = (result.target, result.method, f"{result.model_name} {result.model_version}")
     return _transaction(scene, _store_map, scene, input_node, rel.array, values, registration, top_percent)
 
@@ -402,11 +402,7 @@ def _difference_node(scene, map_a, map_b, comparison: cmp.MapComparison, undo: S
     node.SetAttribute("ADDiagnosis.units", "share of the map's positive relevance per mL, B - A")
     set_node_image(node, np.asarray(diff.array, dtype=np.float32), diff.ijk_to_ras)
     node.SetAndObserveTransformNodeID(None)  # the grid is A's in world space
-    disp = node.GetDisplayNode()
-    if disp is None:
-        disp = slicer.vtkMRMLScalarVolumeDisplayNode()
-        scene.AddNode(disp)
-        node.SetAndObserveDisplayNodeID(disp.GetID())
+    disp = display_node(scene, node)
     disp.SetAndObserveColorNodeID(difference_color(scene).GetID())
     nonzero = np.abs(diff.array[diff.array != 0])
     top = float(np.percentile(nonzero, 99.9)) if nonzero.size else 1.0

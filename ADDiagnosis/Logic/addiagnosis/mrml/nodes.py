@@ -1,5 +1,5 @@
 """Slicer volume node <-> Volume (contract): exact voxels and the world IJK->RAS matrix, parent transforms
-included; the only place that reads or writes a volume node's image.
+included; the only place that reads or writes a volume node's image (and makes its display node).
 
 Imports ``slicer`` and ``vtk`` but neither torch nor the engine.
 """
@@ -116,3 +116,18 @@ def set_node_image(node, ijk_array: np.ndarray, ijk_to_ras: np.ndarray) -> None:
     image.GetPointData().SetScalars(scalars)
     node.SetIJKToRASMatrix(_numpy_to_matrix(ijk_to_ras))
     node.SetAndObserveImageData(image)
+
+
+def display_node(scene, volume_node):
+    """The volume's display node; made when it has none, with automatic window/level and threshold off (no
+    histogram pass over the voxels)."""
+    disp = volume_node.GetDisplayNode()
+    if disp is None:
+        import slicer
+
+        disp = slicer.vtkMRMLScalarVolumeDisplayNode()
+        disp.AutoWindowLevelOff()
+        disp.AutoThresholdOff()
+        scene.AddNode(disp)
+        volume_node.SetAndObserveDisplayNodeID(disp.GetID())
+    return disp

@@ -37,6 +37,7 @@ import numpy as np
 from addiagnosis.mrml.nodes import (  # first: it refuses in one line when the Slicer runtime is missing
     SceneError,
     array_from_node,
+    display_node,
     node_ijk_to_ras,
     node_world_ijk_to_ras,
     set_node_image,
@@ -190,7 +191,7 @@ class SceneUndo:
                 self.scene.RemoveNode(node)
 
 
-def _set_only(get, set_, value) -> None:  # SceneUndo.change where nothing is to be undone
+def set_only(get, set_, value) -> None:  # SceneUndo.change where nothing is to be undone
     set_(value)
 
 
@@ -274,13 +275,7 @@ def _relevance_volume(scene, input_node, result, undo: SceneUndo):
         rel_node.GetIJKToRASMatrix(old_m)
         undo.actions.append(lambda n=rel_node, i=old_image, m=old_m: (n.SetIJKToRASMatrix(m),
                                                                       n.SetAndObserveImageData(i)))
-    disp = rel_node.GetDisplayNode()
-    if disp is None:  # made here, with automatic window/level off: no histogram pass over the voxels
-        disp = slicer.vtkMRMLScalarVolumeDisplayNode()
-        disp.AutoWindowLevelOff()
-        disp.AutoThresholdOff()
-        scene.AddNode(disp)
-        rel_node.SetAndObserveDisplayNodeID(disp.GetID())
+    disp = display_node(scene, rel_node)
     rel_node.SetAttribute(ROLE, "relevance")
     rel_node.SetAttribute("ADDiagnosis.model", f"{result.model_name} {result.model_version}")
     rel_node.SetAttribute("ADDiagnosis.target", result.target)
@@ -296,6 +291,12 @@ def _show_relevance(scene, disp, rng: DisplayRange, threshold: float | None):
     """Hot colours, window/level and threshold of the relevance display node; returns the colour node."""
     color = _hot_color_node(scene)
     disp.SetAndObserveColorNodeID(color.GetID())
+    show_range(disp, rng, threshold)
+    return color
+
+
+def show_range(disp, rng: DisplayRange, threshold: float | None = None) -> None:
+    """Window/level over ``rng`` and everything below ``threshold`` (default: ``rng.lower``) hidden."""
     disp.AutoWindowLevelOff()
     disp.SetWindowLevelMinMax(rng.lower, rng.upper)
     disp.AutoThresholdOff()
@@ -303,7 +304,6 @@ def _show_relevance(scene, disp, rng: DisplayRange, threshold: float | None):
     disp.SetThreshold(lower, max(rng.max, lower) + 1.0)
     disp.ApplyThresholdOn()
     disp.SetInterpolate(1)
-    return color
 
 
 def color_legend(scene, volume_node, title: str, label_format: str = "%.2e"):
@@ -328,7 +328,7 @@ def color_legend(scene, volume_node, title: str, label_format: str = "%.2e"):
 
 def show_overlay(scene, background_node, foreground_node, opacity: float = DEFAULT_OPACITY, undo=None) -> None:
     """Input as background and relevance as foreground (with ``opacity``) in every slice view."""
-    change = undo.change if undo is not None else _set_only
+    change = undo.change if undo is not None else set_only
     for comp in _nodes_of_class(scene, "vtkMRMLSliceCompositeNode"):
         change(comp.GetBackgroundVolumeID, comp.SetBackgroundVolumeID, background_node.GetID())
         change(comp.GetForegroundVolumeID, comp.SetForegroundVolumeID, foreground_node.GetID())
@@ -411,7 +411,7 @@ def show_chart(scene, chart, undo=None) -> None:
     In desktop Slicer the layout manager creates the plot view node when the layout changes, and the
     selection node's active chart is what Slicer propagates to it (what vtkSlicerPlotsLogic does).
     """
-    change = undo.change if undo is not None else _set_only
+    change = undo.change if undo is not None else set_only
     for layout in _nodes_of_class(scene, "vtkMRMLLayoutNode")[:1]:
         change(layout.GetViewArrangement, layout.SetViewArrangement,
                slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpPlotView)
